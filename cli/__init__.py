@@ -1,0 +1,1 @@
+"""ringctl: the ringd command line."""

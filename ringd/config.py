@@ -1,0 +1,102 @@
+"""Daemon configuration: a TOML file, overridden by command-line flags.
+
+Decoded with msgspec so that unknown keys and wrong types are rejected with the
+key's path (``Expected `float`, got `str` - at `$.lease_ttl```).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .errors import ConfigError
+from .protocol import default_socket_path
+from .spec import NAME_PATTERN
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the daemon reads from outside, with production defaults."""
+
+    name: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)] = msgspec.field(
+        default_factory=lambda: socket.gethostname().split(".")[0] or "node"
+    )
+    cluster: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)] = "default"
+    # Client URLs (http:// or https://). Empty: run a private etcd (standalone mode).
+    etcd: list[str] = msgspec.field(default_factory=list)
+    etcd_prefix: str = "/ringd"
+    etcd_timeout: Seconds = 5.0
+    etcd_ca_cert: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
+    etcd_user: str | None = None
+    etcd_password: str | None = None
+    socket: str = msgspec.field(default_factory=default_socket_path)
+    socket_mode: int = 0o660
+    socket_group: str | None = None
+    state_dir: str = msgspec.field(default_factory=lambda: default_state_dir())
+    # etcd grants at least 2 s whatever is asked for.
+    lease_ttl: Annotated[float, msgspec.Meta(ge=2, le=3600)] = 10.0
+    # Children are killed this long before the lease could expire when etcd is unreachable.
+    fence_margin: Seconds = 1.0
+    resync_interval: Seconds = 30.0
+    shutdown_grace: Seconds = 30.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def standalone(self) -> bool:
+        return not self.etcd
+
+    @property
+    def key_prefix(self) -> str:
+        return f"{self.etcd_prefix.rstrip('/')}/{self.cluster}/"
+
+
+def default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/ringd"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "ringd")
+
+
+def _check(config: Config) -> None:
+    if config.fence_margin >= config.lease_ttl:
+        raise ConfigError("fence_margin: must be smaller than lease_ttl")
+    if len(os.fsencode(config.socket)) >= 104:
+        raise ConfigError(f"socket: path {config.socket!r} is too long for a Unix socket")
+    for url in config.etcd:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"etcd: {url!r} is not an http:// or https:// URL")
+    if bool(config.etcd_cert) != bool(config.etcd_key):
+        raise ConfigError("etcd_cert/etcd_key: give both or neither")
+    if bool(config.etcd_user) != bool(config.etcd_password):
+        raise ConfigError("etcd_user/etcd_password: give both or neither")
+
+
+def load(path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> Config:
+    """Read the TOML file (if any) and apply ``overrides`` (flags; None means unset).
+
+    Raises:
+        ConfigError: naming the key that is wrong.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    data.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path or 'flags'}: {exc}") from exc
+    _check(config)
+    return config

@@ -1,0 +1,169 @@
+"""The Unix control socket: newline-delimited JSON requests, one reply each.
+
+Bad input never takes the server down: a malformed line is answered with an
+error, an oversized one closes that connection, and an unexpected exception in
+an operation is logged and answered as ``internal``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import logging
+import os
+import socket as stdsocket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import protocol
+from .errors import ConfigError, ProtocolError, RingdError
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+# A streaming handler yields events until the client goes away.
+StreamHandler = Callable[[dict[str, Any]], AsyncIterator[Any]]
+
+
+async def read_lines(stream: trio.abc.ReceiveStream, max_line: int) -> AsyncIterator[bytes]:
+    """Lines from ``stream`` without their newline; ProtocolError past ``max_line``."""
+    buffer = bytearray()
+    while True:
+        newline = buffer.find(b"\n")
+        if newline >= 0:
+            line = bytes(buffer[:newline])
+            del buffer[: newline + 1]
+            yield line
+            continue
+        if len(buffer) > max_line:
+            raise ProtocolError(f"request longer than {max_line} bytes")
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return  # a trailing partial line from a half-closed client is dropped
+        buffer += chunk
+
+
+def _parse(line: bytes) -> tuple[Any, str, dict[str, Any]]:
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a request must be a JSON object")
+    op = message.get("op")
+    args = message.get("args", {})
+    if not isinstance(op, str):
+        raise ProtocolError("'op' must be a string")
+    if not isinstance(args, dict):
+        raise ProtocolError("'args' must be an object")
+    return message.get("id"), op, args
+
+
+class ControlServer:
+    """Serves ``handlers`` (op name -> coroutine) on a Unix socket."""
+
+    def __init__(
+        self,
+        path: str,
+        handlers: dict[str, Handler],
+        streams: dict[str, StreamHandler] | None = None,
+        *,
+        mode: int = 0o660,
+        group: str | None = None,
+        max_connections: int = 128,
+        max_line: int = protocol.MAX_LINE,
+    ) -> None:
+        self.path = path
+        self.handlers = handlers
+        self.streams = streams or {}
+        self.mode = mode
+        self.group = group
+        self.max_line = max_line
+        self._limit = trio.Semaphore(max_connections)
+
+    def _bind(self) -> trio.socket.SocketType:
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            probe = stdsocket.socket(stdsocket.AF_UNIX)
+            try:
+                probe.connect(self.path)
+            except OSError:
+                path.unlink()  # stale: nobody listens there
+            else:
+                raise ConfigError(f"socket: another daemon is listening on {self.path}")
+            finally:
+                probe.close()
+        sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        # Bind under a umask so the socket is never world-accessible, not even briefly.
+        old = os.umask(0o777 & ~self.mode)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, self.mode)
+        if self.group:
+            try:
+                os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
+            except KeyError:
+                raise ConfigError(f"socket_group: no group named {self.group!r}") from None
+        sock.listen(128)
+        return trio.socket.from_stdlib_socket(sock)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        sock = self._bind()
+        try:
+            listener = trio.SocketListener(sock)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, self._serve, [listener])
+                task_status.started()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            if self._limit.value == 0:
+                await self._send(stream, protocol.error(None, "busy", "too many connections"))
+                return
+            async with self._limit:
+                try:
+                    await self._conversation(stream)
+                except ProtocolError as exc:
+                    await self._send(stream, protocol.error(None, exc.code, str(exc)))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the client went away
+
+    async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(data)
+
+    async def _conversation(self, stream: trio.SocketStream) -> None:
+        async for line in read_lines(stream, self.max_line):
+            if not line.strip():
+                continue
+            request_id: Any = None
+            try:
+                request_id, op, args = _parse(line)
+                if op in self.streams:
+                    async for event in self.streams[op](args):
+                        await stream.send_all(
+                            protocol.encode({"id": request_id, "ok": True, "event": event})
+                        )
+                    return
+                handler = self.handlers.get(op)
+                if handler is None:
+                    raise ProtocolError(f"unknown op {op!r}")
+                reply = protocol.ok(request_id, await handler(args))
+            except RingdError as exc:
+                reply = protocol.error(request_id, exc.code, str(exc))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise
+            except Exception as exc:
+                logger.exception("control op failed")
+                reply = protocol.error(request_id, "internal", f"internal error: {exc!r}")
+            await stream.send_all(reply)

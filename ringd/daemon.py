@@ -1,0 +1,128 @@
+"""Wires the parts in one trio nursery; handles signals and graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+
+import trio
+
+from .api import Api
+from .config import Config
+from .control import ControlServer
+from .errors import EtcdUnavailable
+from .etcd import TLS, Etcd
+from .guard import Guard
+from .keys import Keys
+from .membership import Membership
+from .reconciler import Reconciler
+from .standalone import PrivateEtcd
+from .supervisor import Supervisor
+from .view import ClusterView
+
+logger = logging.getLogger(__name__)
+
+
+async def run(config: Config) -> None:
+    """Run the daemon until SIGTERM or SIGINT, then leave the cluster cleanly."""
+    state_dir = Path(config.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private: PrivateEtcd | None = None
+    endpoints = list(config.etcd)
+    if config.standalone:
+        private = PrivateEtcd(state_dir / "etcd", log_path=state_dir / "etcd.log")
+        logger.info("standalone mode: starting a private etcd in %s", private.data_dir)
+        private.spawn(die_with_parent=True)  # on the main thread: see spawn()
+        await trio.to_thread.run_sync(private.wait_ready)
+        endpoints = [private.url]
+    try:
+        await _serve(config, endpoints)
+    finally:
+        if private is not None:
+            logger.info("stopping the private etcd")
+            await trio.to_thread.run_sync(private.stop)
+
+
+async def _serve(config: Config, endpoints: list[str]) -> None:
+    etcd = Etcd(
+        endpoints,
+        timeout=config.etcd_timeout,
+        tls=TLS(config.etcd_ca_cert, config.etcd_cert, config.etcd_key),
+        user=config.etcd_user,
+        password=config.etcd_password,
+    )
+    keys = Keys(config.key_prefix)
+    instance = secrets.token_hex(8)
+    guard = Guard(instance)
+    guard.start()
+    view = ClusterView(etcd, keys, resync_interval=config.resync_interval)
+    membership = Membership(
+        config=config, etcd=etcd, keys=keys, view=view, instance=instance, guard=guard
+    )
+    supervisor = Supervisor(
+        node=config.name,
+        log_dir=Path(config.state_dir) / "logs",
+        instance=instance,
+        may_run=membership.may_run,
+    )
+    reconciler = Reconciler(
+        node=config.name,
+        etcd=etcd,
+        keys=keys,
+        view=view,
+        membership=membership,
+        supervisor=supervisor,
+        resync_interval=config.resync_interval,
+    )
+    supervisor.on_change = reconciler.child_changed
+    membership.on_fence = reconciler.on_fence
+    api = Api(
+        config=config,
+        etcd=etcd,
+        keys=keys,
+        view=view,
+        membership=membership,
+        supervisor=supervisor,
+        reconciler=reconciler,
+    )
+    control = ControlServer(
+        config.socket, api.handlers(), mode=config.socket_mode, group=config.socket_group
+    )
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(view.run)
+                await nursery.start(supervisor.run)
+                await nursery.start(membership.run)
+                await nursery.start(reconciler.run)
+                await nursery.start(control.run)
+                logger.info(
+                    "ringd %s ready: node %s, cluster %s, socket %s",
+                    os.getpid(), config.name, config.cluster, config.socket,
+                )  # fmt: skip
+                async for signum in signals:
+                    logger.info("%s: leaving the cluster", signal.Signals(signum).name)
+                    break
+                await _leave(config, reconciler, membership)
+                nursery.cancel_scope.cancel()
+        guard.close()
+    finally:
+        etcd.close()
+
+
+async def _leave(config: Config, reconciler: Reconciler, membership: Membership) -> None:
+    """Stop children (reverse start order), release claims, revoke the lease."""
+    with trio.move_on_after(config.shutdown_grace) as scope:
+        await reconciler.release_all()
+        try:
+            await membership.leave()
+        except EtcdUnavailable as exc:
+            logger.warning("could not leave cleanly (the lease will expire): %s", exc)
+    if scope.cancelled_caught:
+        logger.warning(
+            "shutdown took longer than %g s; killing what is left", config.shutdown_grace
+        )
+        reconciler.supervisor.kill_all()

@@ -1,0 +1,354 @@
+"""The one place that talks to etcd.
+
+The ``etcd3`` client (0.12) is synchronous and gRPC-based: every call runs in a
+worker thread with a deadline, and its errors are translated here into
+``EtcdUnavailable`` / ``WatchBroken``. Two of its traps are handled here:
+
+* its watch thread drops every callback when the stream fails and never
+  re-watches (and then spins re-opening the stream): we run the Watch stream
+  ourselves, end it cleanly, and the caller re-lists and re-watches;
+* it talks to one endpoint: on a connection failure we move to the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import etcd3
+import etcd3.exceptions
+import etcd3.transactions
+import etcd3.utils
+import grpc
+import trio
+from etcd3 import etcdrpc
+from etcd3.etcdrpc import kv_pb2
+
+from .errors import ConfigError, EtcdUnavailable, WatchBroken
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class KV:
+    """One key as etcd stores it. ``create_revision`` is the key's fencing token."""
+
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A change seen by a watch: ``kv.value`` is empty for a delete."""
+
+    kind: str  # "put" | "delete"
+    kv: KV
+
+
+@dataclass(frozen=True, slots=True)
+class TLS:
+    ca_cert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+def _kv(raw: Any) -> KV:
+    return KV(
+        key=raw.key.decode(),
+        value=raw.value,
+        create_revision=raw.create_revision,
+        mod_revision=raw.mod_revision,
+        lease=raw.lease,
+    )
+
+
+def _prefix_end(prefix: str) -> bytes:
+    return etcd3.utils.increment_last_byte(prefix.encode())
+
+
+class Etcd:
+    """An async facade over the etcd3 client for a list of endpoints.
+
+    Args:
+        endpoints: client URLs, tried in turn on connection failures.
+        timeout: deadline of every call, in seconds.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 5.0,
+        tls: TLS | None = None,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ConfigError("etcd: no endpoint")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self.tls = tls or TLS()
+        self._user = user
+        self._password = password
+        self._index = 0
+        self._client: Any = None
+        for url in self.endpoints:
+            if urlsplit(url).scheme == "https" and not self.tls.ca_cert:
+                raise ConfigError(f"etcd: {url} is https but etcd_ca_cert is not set")
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[self._index]
+
+    def _new_client(self) -> Any:
+        url = urlsplit(self.endpoint)
+        return etcd3.client(
+            host=url.hostname or "127.0.0.1",
+            port=url.port or 2379,
+            ca_cert=self.tls.ca_cert if url.scheme == "https" else None,
+            cert_key=self.tls.key if url.scheme == "https" else None,
+            cert_cert=self.tls.cert if url.scheme == "https" else None,
+            timeout=self.timeout,
+            user=self._user,
+            password=self._password,
+        )
+
+    def _client_now(self) -> Any:
+        # Runs in a worker thread: building a client may authenticate (a round trip).
+        client = self._client
+        if client is None:
+            client = self._client = self._new_client()
+        return client
+
+    def _drop_client(self, client: Any) -> None:
+        if self._client is client and client is not None:
+            self._client = None
+            self._index = (self._index + 1) % len(self.endpoints)
+            try:
+                client.close()
+            except Exception:  # closing a broken channel may raise; it is gone anyway
+                logger.debug("closing etcd client", exc_info=True)
+
+    async def _call(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(client)`` in a thread with a deadline; translate failures."""
+        box: list[Any] = []
+
+        def run() -> T:
+            client = self._client_now()
+            box.append(client)
+            return fn(client)
+
+        try:
+            with trio.fail_after(self.timeout + 0.5):
+                return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+        except trio.TooSlowError:
+            endpoint = self.endpoint
+            self._drop_client(box[0] if box else self._client)
+            raise EtcdUnavailable(endpoint, "timed out") from None
+        except (
+            etcd3.exceptions.ConnectionFailedError,
+            etcd3.exceptions.ConnectionTimeoutError,
+            etcd3.exceptions.InternalServerError,
+            grpc.RpcError,
+            ValueError,  # "Cannot invoke RPC on closed channel!"
+        ) as exc:
+            endpoint = self.endpoint
+            self._drop_client(box[0] if box else self._client)
+            raise EtcdUnavailable(
+                endpoint, type(exc).__name__ + (f": {exc}" if str(exc) else "")
+            ) from exc
+
+    def close(self) -> None:
+        self._drop_client(self._client)
+
+    # -- keys ------------------------------------------------------------------------
+
+    async def list(self, prefix: str) -> tuple[int, list[KV]]:
+        """Every key under ``prefix`` and the revision they were read at."""
+
+        def fn(c: Any) -> tuple[int, list[KV]]:
+            resp = c.get_prefix_response(prefix)
+            return resp.header.revision, [_kv(kv) for kv in resp.kvs]
+
+        return await self._call(fn)
+
+    async def get(self, key: str) -> KV | None:
+        def fn(c: Any) -> KV | None:
+            resp = c.get_response(key)
+            return _kv(resp.kvs[0]) if resp.kvs else None
+
+        return await self._call(fn)
+
+    async def put(self, key: str, value: bytes, *, lease: int | None = None) -> None:
+        await self._call(lambda c: c.put(key, value, lease=lease))
+
+    async def delete(self, key: str) -> bool:
+        return await self._call(lambda c: bool(c.delete(key)))
+
+    async def create(
+        self, key: str, value: bytes, *, lease: int | None = None
+    ) -> tuple[bool, KV | None]:
+        """Create ``key`` only if absent. Returns (created, the key as it is now)."""
+
+        def fn(c: Any) -> tuple[bool, KV | None]:
+            t = c.transactions
+            ok, responses = c.transaction(
+                compare=[t.create(key) == 0],
+                success=[t.put(key, value, lease=lease), t.get(key)],
+                failure=[t.get(key)],
+            )
+            rows = responses[-1]
+            if not rows:
+                return ok, None
+            value_, meta = rows[0]
+            return ok, KV(key, value_, meta.create_revision, meta.mod_revision, meta.lease_id)
+
+        return await self._call(fn)
+
+    async def put_if(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        mod_revision: int | None = None,
+        create_revision: int | None = None,
+        lease: int | None = None,
+    ) -> bool:
+        """Put only if the key still has the given mod or create revision (0: absent)."""
+
+        def fn(c: Any) -> bool:
+            t = c.transactions
+            compare = []
+            if mod_revision is not None:
+                compare.append(t.mod(key) == mod_revision)
+            if create_revision is not None:
+                compare.append(t.create(key) == create_revision)
+            ok, _ = c.transaction(
+                compare=compare, success=[t.put(key, value, lease=lease)], failure=[]
+            )
+            return bool(ok)
+
+        return await self._call(fn)
+
+    async def delete_if(self, key: str, *, create_revision: int) -> bool:
+        """Delete only the incarnation of ``key`` created at ``create_revision``."""
+
+        def fn(c: Any) -> bool:
+            t = c.transactions
+            ok, _ = c.transaction(
+                compare=[t.create(key) == create_revision],
+                success=[etcd3.transactions.Delete(key)],
+                failure=[],
+            )
+            return bool(ok)
+
+        return await self._call(fn)
+
+    # -- leases ----------------------------------------------------------------------
+
+    async def grant(self, ttl: float) -> tuple[int, int]:
+        """A new lease: (id, granted TTL in seconds)."""
+
+        def fn(c: Any) -> tuple[int, int]:
+            lease = c.lease(math.ceil(ttl))
+            return lease.id, lease.ttl
+
+        return await self._call(fn)
+
+    async def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease; returns the remaining TTL, 0 if the lease is gone."""
+
+        def fn(c: Any) -> int:
+            for resp in c.refresh_lease(lease_id):
+                return int(resp.TTL)
+            return 0
+
+        return await self._call(fn)
+
+    async def revoke(self, lease_id: int) -> None:
+        await self._call(lambda c: c.revoke_lease(lease_id))
+
+    # -- watches ---------------------------------------------------------------------
+
+    async def watch(
+        self,
+        prefix: str,
+        start_revision: int,
+        on_events: Callable[[list[Event], int], Awaitable[None]],
+    ) -> None:
+        """Call ``on_events(events, revision)`` for every change from ``start_revision``.
+
+        Never returns; raises ``WatchBroken`` when the stream fails (the caller
+        re-lists: with ``compacted`` set, the revision is no longer available).
+        We drive the gRPC Watch stream ourselves rather than through etcd3's
+        Watcher, whose thread cannot be stopped cleanly.
+        """
+        client = await self._call(lambda c: c)
+        send, receive = trio.open_memory_channel[Any](math.inf)
+        token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()
+
+        def put(item: Any) -> None:  # on the trio thread
+            with contextlib.suppress(trio.ClosedResourceError):
+                send.send_nowait(item)
+
+        def deliver(item: Any) -> None:  # from the pump thread
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(put, item)
+
+        def requests() -> Iterator[Any]:
+            create = etcdrpc.WatchCreateRequest(
+                key=prefix.encode(), range_end=_prefix_end(prefix), start_revision=start_revision
+            )
+            yield etcdrpc.WatchRequest(create_request=create)
+            stop.wait()  # keeps the request side of the stream open until we cancel
+
+        call = etcdrpc.WatchStub(client.channel).Watch(
+            requests(), credentials=client.call_credentials, metadata=client.metadata
+        )
+
+        def pump() -> None:  # in its own thread: blocks on the stream
+            try:
+                for response in call:
+                    deliver(response)
+                deliver(WatchBroken("watch stream ended"))
+            except grpc.RpcError as exc:
+                deliver(WatchBroken(f"watch stream failed: {exc.code().name}"))
+            except Exception as exc:  # e.g. ValueError from a closed channel
+                deliver(WatchBroken(f"watch stream failed: {exc!r}"))
+
+        threading.Thread(target=pump, name=f"ringd-watch {prefix}", daemon=True).start()
+        try:
+            async with receive:
+                async for response in receive:
+                    if isinstance(response, WatchBroken):
+                        raise response
+                    if response.compact_revision:
+                        raise WatchBroken(
+                            f"revision {start_revision} compacted (now {response.compact_revision})",
+                            compacted=True,
+                        )
+                    if response.canceled:
+                        raise WatchBroken(
+                            f"watch canceled: {response.cancel_reason or 'no reason'}"
+                        )
+                    if response.events:
+                        events = [
+                            Event("delete" if e.type == kv_pb2.Event.DELETE else "put", _kv(e.kv))
+                            for e in response.events
+                        ]
+                        await on_events(events, response.header.revision)
+        finally:
+            stop.set()
+            call.cancel()
+            send.close()

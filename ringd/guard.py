@@ -1,0 +1,141 @@
+"""The guard: a small process outside the daemon that kills its children when the
+daemon cannot.
+
+The daemon cannot fence itself when it is SIGKILLed or frozen (SIGSTOP, a long
+pause), yet its children keep running while its lease runs out. The guard holds
+a pipe from the daemon. It kills every process carrying the daemon's instance
+token (``RINGD_INSTANCE`` in its environment: children and anything they forked)
+when the pipe closes without a goodbye (the daemon died), or when the deadline
+the daemon last sent passes (``last keepalive sent + TTL - margin``): the daemon
+is frozen and its lease may expire, so another node may soon start the children.
+
+Run as ``python -m ringd.guard TOKEN``; the daemon side is ``Guard``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+logger = logging.getLogger(__name__)
+
+
+def instance_pids(token: str) -> list[int]:
+    """Pids of the processes whose environment holds ``RINGD_INSTANCE=token``."""
+    marker = f"RINGD_INSTANCE={token}".encode()
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if marker + b"\0" in env or env.endswith(marker):
+            found.append(int(entry))
+    return found
+
+
+def kill_instance(token: str) -> int:
+    """SIGKILL every process of the instance (and its process group); returns how many."""
+    killed = 0
+    for _ in range(5):  # again, for anything forked while we were killing
+        pids = instance_pids(token)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            killed += 1
+        time.sleep(0.01)
+    return killed
+
+
+def main(argv: list[str]) -> int:
+    token = argv[1]
+    # Ctrl-C at the daemon's terminal is for the daemon, which stops children itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    deadline = math.inf
+    fd = sys.stdin.fileno()
+    buffer = b""
+    while True:
+        timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            n = kill_instance(token)
+            print(f"ringd-guard: daemon missed its deadline; killed {n} processes", file=sys.stderr)
+            deadline = math.inf
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            n = kill_instance(token)
+            if n:
+                print(f"ringd-guard: daemon died; killed {n} processes", file=sys.stderr)
+            return 0
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line == b"bye":
+                return 0
+            if line.startswith(b"deadline "):
+                deadline = float(line.split()[1])
+
+
+class Guard:
+    """The daemon's side of the guard."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ringd.guard", self.token],
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def _send(self, line: bytes) -> None:
+        if self.process is None or self.process.poll() is not None:
+            logger.warning("guard process gone; starting a new one")
+            self.start()
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            self.process.stdin.write(line)
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            self.process = None
+
+    def deadline(self, monotonic_deadline: float) -> None:
+        """Children must be dead by this ``time.monotonic()`` unless renewed."""
+        self._send(f"deadline {monotonic_deadline:.3f}\n".encode())
+
+    def close(self) -> None:
+        """The daemon is leaving cleanly (its children are already stopped)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        with contextlib.suppress(BrokenPipeError):
+            assert process.stdin is not None
+            process.stdin.write(b"bye\n")
+            process.stdin.close()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,41 @@
+"""The etcd key layout (see DESIGN.md, "etcd keys"). All keys share one prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under ``prefix`` (``/ringd/<cluster>/``)."""
+
+    prefix: str
+
+    def alive(self, node: str) -> str:
+        return f"{self.prefix}nodes/{node}/alive"
+
+    def status(self, node: str) -> str:
+        return f"{self.prefix}nodes/{node}/status"
+
+    def child(self, child_id: str) -> str:
+        return f"{self.prefix}children/{child_id}"
+
+    def claim(self, child_id: str) -> str:
+        return f"{self.prefix}claims/{child_id}"
+
+    def group(self, group: str) -> str:
+        return f"{self.prefix}groups/{group}"
+
+    def handoff(self, child_id: str) -> str:
+        return f"{self.prefix}handoff/{child_id}"
+
+    def parse(self, key: str) -> tuple[str, str, str] | None:
+        """Split a full key into (kind, name, sub): ``nodes/n1/alive`` -> (nodes, n1, alive)."""
+        if not key.startswith(self.prefix):
+            return None
+        parts = key[len(self.prefix) :].split("/")
+        if len(parts) == 3 and parts[0] == "nodes":
+            return "nodes", parts[1], parts[2]
+        if len(parts) == 2 and parts[0] in ("children", "claims", "groups", "handoff"):
+            return parts[0], parts[1], ""
+        return None

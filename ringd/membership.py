@@ -1,0 +1,303 @@
+"""This node's lease and keepalive, the node tracker, and self-fencing.
+
+* ``nodes/<n>/alive`` lives under this node's lease, which this daemon keeps
+  alive (the etcd3 client has no background keepalive).
+* ``nodes/<n>/status`` is the tracker row: online/offline, ``last_change`` and
+  why. When a node's alive key disappears, the survivors record it offline,
+  exactly once (a transaction on the row's mod revision).
+* Fencing: children may run only until ``last keepalive sent + TTL - margin``.
+  If keepalives go unanswered until then, the children are killed before the
+  lease can expire, so no other node can start them while they still run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import trio
+
+from . import __version__
+from .errors import EtcdUnavailable
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .etcd import KV, Etcd
+    from .guard import Guard
+    from .keys import Keys
+    from .view import ClusterView
+
+logger = logging.getLogger(__name__)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def decode(kv: KV | None) -> dict[str, Any]:
+    """A JSON object stored in etcd, or {} if absent or corrupt (logged)."""
+    if kv is None:
+        return {}
+    try:
+        value = json.loads(kv.value)
+    except ValueError:
+        logger.warning("ignoring corrupt value at %s", kv.key)
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class Membership:
+    """Registers this node, keeps its lease, tracks the other nodes, fences.
+
+    Args:
+        on_fence: called (synchronously) with the reason when children must die now.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        etcd: Etcd,
+        keys: Keys,
+        view: ClusterView,
+        instance: str,
+        guard: Guard | None = None,
+        on_fence: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self.config = config
+        self.etcd = etcd
+        self.keys = keys
+        self.view = view
+        self.instance = instance
+        self.guard = guard
+        self.on_fence = on_fence
+        self.node = config.name
+        self.lease_id: int | None = None
+        self.ttl = config.lease_ttl
+        self.deadline = 0.0  # time.monotonic() until which children may run
+        self.fenced = False
+        self.leaving = False
+        self.changed = trio.Event()  # set (and replaced) when registration changes
+        self._registered_once = False
+
+    # -- state ------------------------------------------------------------------------
+
+    def may_run(self) -> bool:
+        """True while this node holds a live lease and children may run."""
+        return (
+            self.lease_id is not None
+            and not self.fenced
+            and not self.leaving
+            and time.monotonic() < self.deadline
+        )
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def _extend(self, sent: float, ttl: float) -> None:
+        self.deadline = sent + ttl - self.config.fence_margin
+        if self.guard is not None:
+            self.guard.deadline(self.deadline)
+
+    # -- registration -----------------------------------------------------------------
+
+    def _alive_value(self) -> bytes:
+        me = psutil.Process()
+        return json.dumps(
+            {
+                "node": self.node,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "pid_start": me.create_time(),
+                "instance": self.instance,
+                "version": __version__,
+                "labels": {},
+                "draining": False,
+                "started": now_rfc3339(),
+                "lease": self.lease_id,
+            }
+        ).encode()
+
+    def _is_dead_incarnation(self, alive: dict[str, Any]) -> bool:
+        """True if ``alive`` is an earlier daemon of this node on this host, now dead
+        with all its children: its lease can be revoked instead of waited out."""
+        if alive.get("host") != socket.gethostname():
+            return False
+        pid = alive.get("pid")
+        try:
+            running = psutil.Process(pid).create_time() == alive.get("pid_start")
+        except (psutil.Error, TypeError, ValueError):
+            running = False
+        if running:
+            return False
+        from .guard import instance_pids
+
+        return not instance_pids(str(alive.get("instance", "-")))
+
+    async def _register(self) -> None:
+        """Take ``nodes/<me>/alive`` under a new lease and mark this node online."""
+        alive_key = self.keys.alive(self.node)
+        waited = False
+        while True:
+            existing = await self.etcd.get(alive_key)
+            if existing is not None:
+                old = decode(existing)
+                if existing.lease and self._is_dead_incarnation(old):
+                    logger.info(
+                        "revoking the lease of this node's dead predecessor (pid %s)",
+                        old.get("pid"),
+                    )
+                    await self.etcd.revoke(existing.lease)
+                    continue
+                if not waited:
+                    logger.warning(
+                        "node name %r is held by pid %s on %s; waiting for its lease to expire",
+                        self.node, old.get("pid"), old.get("host"),
+                    )  # fmt: skip
+                    waited = True
+                await trio.sleep(1.0)
+                continue
+            sent = time.monotonic()
+            lease_id, ttl = await self.etcd.grant(self.config.lease_ttl)
+            self.lease_id, self.ttl = lease_id, float(ttl)
+            created, _ = await self.etcd.create(alive_key, self._alive_value(), lease=lease_id)
+            if not created:
+                await self.etcd.revoke(lease_id)
+                continue
+            self._extend(sent, self.ttl)
+            break
+        status_kv = await self.etcd.get(self.keys.status(self.node))
+        previous = decode(status_kv)
+        if previous.get("status") == "online":
+            reason = "restarted (the previous daemon ended without leaving)"
+        elif self._registered_once:
+            reason = "rejoined"
+        else:
+            reason = "joined"
+        await self._write_status("online", reason)
+        self.fenced = False
+        self._registered_once = True
+        logger.info(
+            "node %s online (lease %x, ttl %g s): %s", self.node, self.lease_id, self.ttl, reason
+        )
+        self._notify()
+
+    async def _write_status(self, status: str, reason: str) -> None:
+        value = {
+            "node": self.node,
+            "status": status,
+            "last_change": now_rfc3339(),
+            "reason": reason,
+        }
+        await self.etcd.put(self.keys.status(self.node), json.dumps(value).encode())
+
+    async def _register_until_done(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._register()
+                return
+            except EtcdUnavailable as exc:
+                logger.warning("cannot register with etcd: %s", exc)
+            await trio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 5.0)
+
+    # -- running ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await self._register_until_done()
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keepalive_loop)
+            nursery.start_soon(self._fence_timer)
+            nursery.start_soon(self._track_loop)
+
+    def fence(self, reason: str) -> None:
+        if self.fenced:
+            return
+        logger.error("fencing node %s: %s; killing its children", self.node, reason)
+        self.fenced = True
+        self.on_fence(reason)
+        self._notify()
+
+    async def _fence_timer(self) -> None:
+        """Fence at the deadline even if a keepalive call is still hanging."""
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0 and not self.fenced and not self.leaving:
+                self.fence("keepalives unanswered until the fence deadline")
+            await trio.sleep(max(remaining, 0.05) if not self.fenced else 0.1)
+
+    async def _keepalive_loop(self) -> None:
+        interval = min(self.ttl / 4, (self.ttl - self.config.fence_margin) / 3)
+        while True:
+            await trio.sleep(interval)
+            if self.leaving:
+                return
+            if self.fenced:
+                await self._recover()
+                continue
+            sent = time.monotonic()
+            try:
+                assert self.lease_id is not None
+                remaining = await self.etcd.keepalive(self.lease_id)
+            except EtcdUnavailable as exc:
+                logger.warning("lease keepalive failed: %s", exc)
+                continue
+            if remaining <= 0:
+                self.fence("lease expired")
+                continue
+            self._extend(sent, min(float(remaining), self.ttl))
+
+    async def _recover(self) -> None:
+        """After fencing: drop the old lease (its claims go with it) and register anew."""
+        old, self.lease_id = self.lease_id, None
+        if old is not None:
+            try:
+                await self.etcd.revoke(old)
+            except EtcdUnavailable:
+                pass  # it will expire; the alive key wait in _register covers it
+        await self._register_until_done()
+
+    async def _track_loop(self) -> None:
+        seen = -1
+        while True:
+            seen = await self.view.wait_changed(seen)
+            try:
+                await self.track_offline()
+            except EtcdUnavailable as exc:
+                logger.warning("cannot update node status rows: %s", exc)
+
+    async def track_offline(self) -> None:
+        """Mark offline (once, by transaction) every online node whose alive key is gone."""
+        alive = self.view.by_kind("nodes", "alive")
+        for node, kv in self.view.by_kind("nodes", "status").items():
+            if node == self.node or node in alive:
+                continue
+            row = decode(kv)
+            if row.get("status") != "online":
+                continue
+            row.update(status="offline", last_change=now_rfc3339(), reason="lease expired")
+            if await self.etcd.put_if(
+                kv.key, json.dumps(row).encode(), mod_revision=kv.mod_revision
+            ):
+                logger.info("node %s is offline (lease expired)", node)
+
+    async def leave(self) -> None:
+        """Graceful leave: mark offline, revoke the lease (claims and alive key go)."""
+        self.leaving = True
+        self._notify()
+        if self.lease_id is None:
+            return
+        await self._write_status("offline", "graceful leave")
+        await self.etcd.revoke(self.lease_id)
+        self.lease_id = None

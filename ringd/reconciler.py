@@ -1,0 +1,241 @@
+"""Desired (specs the ring gives this node) versus actual (the local supervisor).
+
+The one rule that keeps a child at most once: start only after creating its
+claim (``claims/<id>``, create-if-absent under this node's lease), and stop it
+before deleting the claim. A claim's create revision is the child's fencing
+token (``RINGD_FENCE``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .errors import EtcdUnavailable, InvalidSpec
+from .membership import decode
+from .ring import Ring
+from .spec import ChildSpec, parse_child
+from .supervisor import Child, State
+
+if TYPE_CHECKING:
+    from .etcd import KV, Etcd
+    from .keys import Keys
+    from .membership import Membership
+    from .supervisor import Supervisor
+    from .view import ClusterView
+
+logger = logging.getLogger(__name__)
+
+
+class Reconciler:
+    """Makes the local supervisor run exactly what the ring assigns to this node."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        etcd: Etcd,
+        keys: Keys,
+        view: ClusterView,
+        membership: Membership,
+        supervisor: Supervisor,
+        resync_interval: float = 30.0,
+    ) -> None:
+        self.node = node
+        self.etcd = etcd
+        self.keys = keys
+        self.view = view
+        self.membership = membership
+        self.supervisor = supervisor
+        self.resync_interval = resync_interval
+        self.stopping = False
+        self._wake = trio.Event()
+        self._dirty_claims: set[str] = set()
+        self._claims_dirty = trio.Event()
+        self._specs: dict[str, tuple[int, ChildSpec | None]] = {}  # id -> (mod_revision, spec)
+        self._ring = Ring()
+
+    # -- reading the view -------------------------------------------------------------
+
+    def ring(self) -> Ring:
+        """The ring over the online, non-draining nodes (cached while they do not change)."""
+        nodes = {
+            name
+            for name, kv in self.view.by_kind("nodes", "alive").items()
+            if not decode(kv).get("draining")
+        }
+        if nodes != self._ring.nodes:
+            self._ring = Ring(nodes)
+        return self._ring
+
+    def specs(self) -> dict[str, ChildSpec]:
+        """Every valid spec in the view; corrupt ones are logged once and skipped."""
+        out = {}
+        kvs = self.view.by_kind("children")
+        for child_id, kv in kvs.items():
+            cached = self._specs.get(child_id)
+            if cached is None or cached[0] != kv.mod_revision:
+                try:
+                    spec: ChildSpec | None = parse_child(kv.value)
+                    if spec is not None and spec.id != child_id:
+                        raise InvalidSpec("id", f"{spec.id!r} does not match key {kv.key!r}")
+                except InvalidSpec as exc:
+                    logger.error("skipping invalid spec at %s: %s", kv.key, exc)
+                    spec = None
+                cached = self._specs[child_id] = (kv.mod_revision, spec)
+            if cached[1] is not None:
+                out[child_id] = cached[1]
+        for gone in self._specs.keys() - kvs.keys():
+            del self._specs[gone]
+        return out
+
+    def desired(self) -> dict[str, ChildSpec]:
+        ring = self.ring()
+        return {i: s for i, s in self.specs().items() if ring.owner(i) == self.node}
+
+    # -- acting -----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def child_changed(self, child: Child) -> None:
+        """Supervisor callback: publish the child's new state in its claim."""
+        self._dirty_claims.add(child.id)
+        self._claims_dirty.set()
+
+    def on_fence(self, reason: str) -> None:
+        """Membership callback: the lease is (about to be) gone; kill everything now."""
+        self.supervisor.kill_all()
+        self.wake()
+
+    def _claim_value(self, child: Child) -> bytes:
+        info = child.info()
+        info["node"] = self.node
+        return json.dumps(info).encode()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._publish_claims)
+            nursery.start_soon(self._watch_inputs)
+            task_status.started()
+            while True:
+                self._wake = trio.Event()
+                try:
+                    await self.reconcile()
+                except EtcdUnavailable as exc:
+                    logger.warning("reconcile: %s", exc)
+                    with trio.move_on_after(1.0):
+                        await self._wake.wait()
+                    continue
+                with trio.move_on_after(self.resync_interval):
+                    await self._wake.wait()
+
+    async def _watch_inputs(self) -> None:
+        seen = -1
+        async with trio.open_nursery() as nursery:
+
+            async def membership_changes() -> None:
+                while True:
+                    await self.membership.changed.wait()
+                    self.wake()
+
+            nursery.start_soon(membership_changes)
+            while True:
+                seen = await self.view.wait_changed(seen)
+                self.wake()
+
+    async def reconcile(self) -> None:
+        """One pass: stop what is no longer ours, start what is ours and free."""
+        if self.stopping:
+            return
+        if not self.membership.may_run():
+            # Fenced or not registered: children are being killed; forget them.
+            await self._drop_all()
+            return
+        desired = self.desired()
+        lease = self.membership.lease_id
+        claims = self.view.by_kind("claims")
+
+        to_stop = [
+            child
+            for child_id, child in self.supervisor.children.items()
+            if child_id not in desired or desired[child_id] != child.spec
+        ]
+        if to_stop:
+            async with trio.open_nursery() as nursery:
+                for child in to_stop:
+                    nursery.start_soon(self._stop_and_release, child)
+
+        for child_id, spec in desired.items():
+            if child_id in self.supervisor.children or not self.membership.may_run():
+                continue
+            seen = claims.get(child_id)
+            if seen is not None and seen.lease != lease:
+                continue  # still held by its previous owner: wait for it to let go
+            # Ask etcd, not the view (which may lag): the claim is ours only if this
+            # transaction creates it or finds it under our own lease.
+            value = json.dumps({"node": self.node, "state": "starting"}).encode()
+            _, claim = await self.etcd.create(self.keys.claim(child_id), value, lease=lease)
+            if (
+                claim is None
+                or claim.lease != self.membership.lease_id
+                or not self.membership.may_run()
+            ):
+                continue
+            self.supervisor.start(spec, fence=claim.create_revision)
+
+        # Claims of ours that nothing here runs any more (e.g. left by a failed stop).
+        for child_id, claim in claims.items():
+            if claim.lease == lease and child_id not in self.supervisor.children:
+                await self.etcd.delete_if(claim.key, create_revision=claim.create_revision)
+
+    async def _stop_and_release(self, child: Child) -> None:
+        await self.supervisor.stop(child.id)
+        await self.etcd.delete_if(self.keys.claim(child.id), create_revision=child.fence)
+        logger.info("child %s stopped and released", child.id)
+
+    async def _drop_all(self) -> None:
+        for child_id in list(self.supervisor.children):
+            await self.supervisor.stop(child_id)
+
+    async def release_all(self) -> None:
+        """Graceful shutdown: stop every child in reverse start order, then drop claims."""
+        self.stopping = True
+        children = list(self.supervisor.children.values())
+        await self.supervisor.stop_all()
+        for child in children:
+            try:
+                await self.etcd.delete_if(self.keys.claim(child.id), create_revision=child.fence)
+            except EtcdUnavailable:
+                break  # revoking the lease removes them anyway
+
+    async def _publish_claims(self) -> None:
+        """Write each child's state, pid and restarts into its claim (coalesced)."""
+        while True:
+            await self._claims_dirty.wait()
+            self._claims_dirty = trio.Event()
+            dirty, self._dirty_claims = self._dirty_claims, set()
+            lease = self.membership.lease_id
+            for child_id in dirty:
+                child = self.supervisor.children.get(child_id)
+                if child is None or lease is None or child.state == State.STOPPING:
+                    continue
+                try:
+                    await self.etcd.put_if(
+                        self.keys.claim(child_id),
+                        self._claim_value(child),
+                        create_revision=child.fence,
+                        lease=lease,
+                    )
+                except EtcdUnavailable as exc:
+                    logger.warning("cannot publish claim of %s: %s", child_id, exc)
+                    self._dirty_claims.add(child_id)
+            if self._dirty_claims:
+                await trio.sleep(0.5)
+                self._claims_dirty.set()
+
+    def claim_info(self, kv: KV | None) -> dict[str, Any]:
+        return decode(kv)

@@ -1,0 +1,123 @@
+"""Child specs: the desired state stored under ``children/<id>``.
+
+Pure: parse, validate, defaults. Every error names the field (``InvalidSpec.field``).
+msgspec validates while it decodes, reports the path of a bad field and rejects
+unknown fields, so a spec cannot smuggle in anything the daemon does not check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .errors import InvalidSpec
+
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+RestartType = Literal["permanent", "transient", "temporary"]
+
+MAX_ARGS = 4096
+MAX_ARG_BYTES = 128 * 1024
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Variables ringd sets for every child; a spec may not override them.
+RESERVED_ENV_PREFIX = "RINGD_"
+
+
+class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What to run and how to supervise it.
+
+    ``argv`` is a list, never a shell string; ringd execs it directly.
+    """
+
+    id: Name
+    argv: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_ARGS)]
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str | None = None
+    restart: RestartType = "permanent"
+    group: Name | None = None
+    max_restarts: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 3
+    max_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 5.0
+    stop_signal: str = "SIGTERM"
+    stop_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+
+
+def _check(spec: ChildSpec) -> None:
+    """The rules msgspec's declarative constraints cannot express."""
+    if not spec.argv[0]:
+        raise InvalidSpec("argv[0]", "must not be empty")
+    for i, arg in enumerate(spec.argv):
+        if "\0" in arg:
+            raise InvalidSpec(f"argv[{i}]", "must not contain NUL")
+    if sum(len(a) for a in spec.argv) > MAX_ARG_BYTES:
+        raise InvalidSpec("argv", f"longer than {MAX_ARG_BYTES} bytes")
+    for key, value in spec.env.items():
+        if not _ENV_NAME.match(key):
+            raise InvalidSpec(f"env.{key}", "not a valid variable name")
+        if key.startswith(RESERVED_ENV_PREFIX):
+            raise InvalidSpec(
+                f"env.{key}", f"names starting with {RESERVED_ENV_PREFIX} are reserved"
+            )
+        if "\0" in value:
+            raise InvalidSpec(f"env.{key}", "must not contain NUL")
+    if spec.cwd is not None and not os.path.isabs(spec.cwd):
+        raise InvalidSpec("cwd", f"{spec.cwd!r} is not an absolute path")
+    try:
+        signal_number(spec.stop_signal)
+    except ValueError as exc:
+        raise InvalidSpec("stop_signal", str(exc)) from None
+
+
+def signal_number(name: str) -> int:
+    """The number of a signal given as ``"SIGTERM"``, ``"TERM"`` or ``"15"``.
+
+    Raises:
+        ValueError: the name is not a signal.
+    """
+    text = name.upper()
+    if text.isdigit():
+        number = int(text)
+        if number in signal.valid_signals():
+            return number
+    else:
+        full = text if text.startswith("SIG") else "SIG" + text
+        member = signal.Signals.__members__.get(full)
+        if member is not None:
+            return member.value
+    raise ValueError(f"{name!r} is not a signal")
+
+
+def _as_invalid(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidSpec:
+    message = str(exc)
+    problem, sep, path = message.rpartition(" - at `")
+    if not sep:
+        # Field-level messages without a path name the field in backquotes.
+        named = re.search(r"field `([^`]+)`", message)
+        return InvalidSpec(named.group(1) if named else "spec", message)
+    field = path.rstrip("`").removeprefix("$.") or "spec"
+    return InvalidSpec(field, problem)
+
+
+def parse_child(data: bytes | str | dict[str, Any]) -> ChildSpec:
+    """Decode and validate a child spec from JSON text or a mapping.
+
+    Raises:
+        InvalidSpec: naming the field that is wrong.
+    """
+    try:
+        if isinstance(data, dict):
+            spec = msgspec.convert(data, ChildSpec)
+        else:
+            spec = msgspec.json.decode(data, type=ChildSpec)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _as_invalid(exc) from exc
+    _check(spec)
+    return spec
+
+
+def encode(spec: msgspec.Struct) -> bytes:
+    """The canonical JSON of a spec, as stored in etcd."""
+    return msgspec.json.encode(spec)
