@@ -1,0 +1,88 @@
+"""Shared fixtures: a real etcd for the session, and real ringd daemons per test.
+
+Set RINGD_TEST_ETCD to use an existing etcd instead of a private one. Without
+etcd the tests fail: they never skip silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ringd.standalone import PrivateEtcd
+
+from .helpers import Daemon, kill_pids, processes_with_env
+
+
+@pytest.fixture(scope="session")
+def etcd_url() -> Iterator[str]:
+    if url := os.environ.get("RINGD_TEST_ETCD"):
+        yield url
+        return
+    base = Path(tempfile.mkdtemp(prefix="ringd-etcd-", dir="/tmp"))
+    server = PrivateEtcd(base / "data", log_path=base / "etcd.log")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory (Unix socket paths are limited to ~107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def journal(short_tmp: Path) -> Path:
+    path = short_tmp / "journal"
+    path.mkdir()
+    return path
+
+
+class Cluster:
+    """Daemons of one test, in a cluster of their own (a fresh key prefix)."""
+
+    def __init__(self, etcd_url: str, base: Path) -> None:
+        self.etcd_url = etcd_url
+        self.base = base
+        self.name = "t" + uuid.uuid4().hex[:10]
+        self.daemons: dict[str, Daemon] = {}
+
+    def daemon(self, name: str, *, ttl: float = 2.0, start: bool = True) -> Daemon:
+        d = self.daemons.get(name) or Daemon(name, etcd=self.etcd_url, cluster=self.name, base=self.base, ttl=ttl)
+        self.daemons[name] = d
+        if start:
+            d.start()
+        return d
+
+    def children(self) -> dict[int, dict[str, str]]:
+        """Live child processes of this cluster's daemons, pid -> environment."""
+        return {
+            pid: env
+            for pid, env in processes_with_env("RINGD_CHILD_ID=").items()
+            if env.get("TEST_CLUSTER") == self.name
+        }
+
+    def cleanup(self) -> None:
+        for d in self.daemons.values():
+            d.cleanup()
+        # Anything that outlived its daemon is a test failure elsewhere; never leak it.
+        kill_pids(self.children())
+
+
+@pytest.fixture
+def cluster(etcd_url: str, short_tmp: Path) -> Iterator[Cluster]:
+    c = Cluster(etcd_url, short_tmp)
+    yield c
+    c.cleanup()

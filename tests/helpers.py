@@ -1,0 +1,135 @@
+"""Test helpers: real ringd daemons as subprocesses, and process sampling."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ringd.protocol import Client, RemoteError, Unreachable
+
+CHILD = str(Path(__file__).with_name("child.py"))
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (Unreachable, RemoteError, OSError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+
+
+def processes_with_env(marker: str) -> dict[int, dict[str, str]]:
+    """Live processes (not zombies) whose environment contains ``marker``: pid -> env."""
+    found: dict[int, dict[str, str]] = {}
+    needle = marker.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                raw = f.read()
+        except (OSError, IndexError):
+            continue
+        if needle in raw:
+            env = dict(
+                item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item
+            )
+            found[int(entry)] = env
+    return found
+
+
+def kill_pids(pids: Any) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class Daemon:
+    """One ``ringd start`` process with its own socket and state dir."""
+
+    def __init__(self, name: str, *, etcd: str, cluster: str, base: Path, ttl: float = 2.0) -> None:
+        self.name = name
+        self.etcd = etcd
+        self.cluster = cluster
+        self.base = base
+        self.ttl = ttl
+        self.socket = str(base / f"{name}.sock")
+        self.state_dir = base / name
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = base / f"{name}.log"
+
+    @property
+    def client(self) -> Client:
+        return Client(self.socket, timeout=30)
+
+    def call(self, op: str, **args: Any) -> Any:
+        return self.client.call(op, **args)
+
+    def start(self, *, wait: bool = True) -> Daemon:
+        cmd = [
+            sys.executable, "-m", "ringd", "start",
+            "--name", self.name,
+            "--etcd", self.etcd,
+            "--cluster", self.cluster,
+            "--socket", self.socket,
+            "--state-dir", str(self.state_dir),
+            "--lease-ttl", str(self.ttl),
+        ]  # fmt: skip
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        if wait:
+            wait_until(self.ready, 20, f"{self.name} ready")
+        return self
+
+    def ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited {self.process.returncode}:\n{self.log.read_text()}")
+        try:
+            return self.call("status")["lease"] is not None
+        except (Unreachable, RemoteError):
+            return False
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL: the daemon gets no chance to clean up."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait: returns the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def child_argv(journal: Path, *extra: str) -> list[str]:
+    return [sys.executable, CHILD, str(journal), *extra]

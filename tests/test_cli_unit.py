@@ -1,0 +1,387 @@
+"""Unit tests for ringctl against a fake daemon on a real Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socketserver
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+from ringctl import main as ctl
+
+from ringd import protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+FIND = {
+    "id": "web",
+    "group": "front",
+    "restart": "permanent",
+    "node": "node2",
+    "pid": 4242,
+    "state": "running",
+    "restarts": 1,
+    "started": time.time() - 75,
+    "reason": "",
+    "fence": 17,
+    "owner": "node1",
+    "argv": ["python", "-m", "http.server", "8080"],
+}
+ROWS = [
+    {
+        "id": "web",
+        "group": "front",
+        "restart": "permanent",
+        "node": "node2",
+        "pid": 4242,
+        "state": "running",
+        "restarts": 1,
+        "started": time.time() - 3700,
+        "reason": "",
+    },
+    {
+        "id": "batch-7",
+        "group": None,
+        "restart": "transient",
+        "node": None,
+        "pid": None,
+        "state": "pending",
+        "restarts": 0,
+        "started": None,
+        "reason": "no node online",
+    },
+]
+NODES = [
+    {
+        "node": "node1",
+        "status": "online",
+        "last_change": "2024-05-01T12:00:00Z",
+        "reason": "",
+        "alive": True,
+        "host": "alpha.example",
+        "pid": 111,
+        "draining": False,
+        "children": 3,
+    },
+    {
+        "node": "node2",
+        "status": "offline",
+        "last_change": None,
+        "reason": "lease expired",
+        "alive": False,
+        "host": None,
+        "pid": None,
+        "draining": False,
+        "children": 0,
+    },
+]
+STATUS = {
+    "node": "node1",
+    "cluster": "prod",
+    "version": "0.1.0",
+    "pid": 999,
+    "uptime": 3725.5,
+    "etcd": "http://127.0.0.1:2379",
+    "standalone": False,
+    "lease": "7a3f",
+    "lease_ttl": 10,
+    "fenced": False,
+    "nodes_online": ["node1", "node3"],
+    "children_total": 5,
+    "children_local": {"running": 2, "backoff": 1},
+    "revision": 1234,
+}
+CANNED: dict[str, Any] = {
+    "find": FIND,
+    "start_child": FIND,
+    "which_children": ROWS,
+    "nodes": NODES,
+    "status": STATUS,
+    "delete_child": {"id": "web", "deleted": True},
+}
+
+
+class FakeDaemon(socketserver.ThreadingUnixStreamServer):
+    """Answers each NDJSON request from ``results`` / ``errors`` and records it."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str) -> None:
+        self.results: dict[str, Any] = dict(CANNED)
+        self.errors: dict[str, tuple[str, str]] = {}
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        super().__init__(path, Handler)
+
+
+class Handler(socketserver.StreamRequestHandler):
+    server: FakeDaemon
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            request = json.loads(line)
+            op, args = request["op"], request.get("args", {})
+            self.server.requests.append((op, args))
+            if op in self.server.errors:
+                code, message = self.server.errors[op]
+                reply = protocol.error(request["id"], code, message)
+            else:
+                reply = protocol.ok(request["id"], self.server.results.get(op))
+            self.wfile.write(reply)
+            return
+
+
+@pytest.fixture
+def daemon() -> Iterator[FakeDaemon]:
+    tmp = tempfile.mkdtemp(dir="/tmp", prefix="rctl")
+    server = FakeDaemon(os.path.join(tmp, "s"))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def plain_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No colour and a wide page, whatever terminal pytest itself runs on."""
+    monkeypatch.setattr(ctl, "console", Console(color_system=None, width=200))
+    monkeypatch.setattr(ctl, "err_console", Console(stderr=True, color_system=None, width=200))
+    monkeypatch.delenv("RINGD_SOCKET", raising=False)
+
+
+def run(daemon: FakeDaemon | str, *args: str) -> Any:
+    path = daemon if isinstance(daemon, str) else daemon.server_address
+    return CliRunner().invoke(ctl.cli, ["--socket", str(path), *args])
+
+
+# -- start-child ---------------------------------------------------------------------
+
+
+def test_start_child_builds_spec_from_options(daemon: FakeDaemon) -> None:
+    result = run(
+        daemon,
+        "start-child",
+        "web",
+        "--env",
+        "A=1",
+        "--env",
+        "B=x=y",
+        "--env",
+        "EMPTY=",
+        "--restart",
+        "transient",
+        "--max-restarts",
+        "5",
+        "--stop-signal",
+        "INT",
+        "--",
+        "python",
+        "-m",
+        "http.server",
+        "--bind",
+        "::",
+    )
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [
+        (
+            "start_child",
+            {
+                "spec": {
+                    "id": "web",
+                    "argv": ["python", "-m", "http.server", "--bind", "::"],
+                    "env": {"A": "1", "B": "x=y", "EMPTY": ""},
+                    "restart": "transient",
+                    "max_restarts": 5,
+                    "stop_signal": "INT",
+                },
+                "wait": False,
+                "timeout": 30.0,
+            },
+        )
+    ]
+    assert result.stdout == "started web on node2 (pid 4242)\n"
+
+
+def test_start_child_minimal_spec_and_pending(daemon: FakeDaemon) -> None:
+    daemon.results["start_child"] = {**FIND, "node": None, "pid": None, "state": "pending"}
+    result = run(
+        daemon,
+        "start-child",
+        "web",
+        "--wait",
+        "--timeout",
+        "2.5",
+        "--cwd",
+        "/srv",
+        "--max-seconds",
+        "9",
+        "--",
+        "sleep",
+        "1",
+    )
+    assert result.exit_code == 0, result.output
+    [(op, args)] = daemon.requests
+    assert op == "start_child"
+    assert args == {
+        "spec": {"id": "web", "argv": ["sleep", "1"], "cwd": "/srv", "max_seconds": 9.0},
+        "wait": True,
+        "timeout": 2.5,
+    }
+    assert result.stdout == "web accepted (pending)\n"
+
+
+@pytest.mark.parametrize("bad", ["NOEQUALS", "=value"])
+def test_start_child_bad_env_is_usage_error(daemon: FakeDaemon, bad: str) -> None:
+    result = run(daemon, "start-child", "web", "--env", bad, "--", "true")
+    assert result.exit_code == 2
+    assert bad in result.stderr
+    assert daemon.requests == []
+
+
+def test_start_child_needs_a_command(daemon: FakeDaemon) -> None:
+    result = run(daemon, "start-child", "web")
+    assert result.exit_code == 2
+    assert daemon.requests == []
+
+
+# -- --json --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "op"),
+    [
+        (["--json", "find", "web"], "find"),
+        (["find", "--json", "web"], "find"),
+        (["--json", "which-children"], "which_children"),
+        (["nodes", "--json"], "nodes"),
+        (["--json", "status"], "status"),
+        (["--json", "delete-child", "web"], "delete_child"),
+        (["--json", "start-child", "web", "--", "true"], "start_child"),
+    ],
+)
+def test_json_prints_raw_result(daemon: FakeDaemon, argv: list[str], op: str) -> None:
+    result = run(daemon, *argv)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == CANNED[op]
+
+
+# -- errors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code"),
+    [
+        ("not_found", 3),
+        ("timeout", 5),
+        ("invalid", 2),
+        ("refused", 1),
+        ("exists", 1),
+        ("internal", 1),
+        ("something_new", 1),
+    ],
+)
+def test_remote_errors_map_to_exit_codes(daemon: FakeDaemon, code: str, exit_code: int) -> None:
+    daemon.errors["find"] = (code, "no child named 'web'")
+    result = run(daemon, "find", "web")
+    assert result.exit_code == exit_code
+    assert result.stderr == "ringctl: no child named 'web'\n"
+    assert result.stdout == ""
+
+
+def test_missing_socket_is_unreachable() -> None:
+    path = os.path.join(tempfile.gettempdir(), "ringctl-test-no-such.sock")
+    result = run(path, "status")
+    assert result.exit_code == 4
+    assert result.stderr.startswith("ringctl: ")
+    assert path in result.stderr
+    assert "is ringd running?" in result.stderr
+
+
+def test_socket_from_environment(daemon: FakeDaemon) -> None:
+    env = {"RINGD_SOCKET": str(daemon.server_address)}
+    result = CliRunner().invoke(ctl.cli, ["status"], env=env)
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("status", {})]
+
+
+# -- rendering -----------------------------------------------------------------------
+
+
+def test_find_shows_owner_node_and_pid(daemon: FakeDaemon) -> None:
+    result = run(daemon, "find", "web")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("find", {"id": "web"})]
+    lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
+    assert lines["owner"] == ["node1"]
+    assert lines["node"] == ["node2"]
+    assert lines["pid"] == ["4242"]
+    assert lines["uptime"] == ["1m15s"] or lines["uptime"] == ["1m16s"]
+    assert lines["argv"] == ["python", "-m", "http.server", "8080"]
+
+
+def test_which_children_table(daemon: FakeDaemon) -> None:
+    result = run(daemon, "which-children", "--local", "--group", "front")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("which_children", {"local": True, "group": "front"})]
+    header, web, batch = result.stdout.splitlines()
+    assert header.split() == ["ID", "NODE", "PID", "STATE", "RESTARTS", "UPTIME", "REASON"]
+    assert web.split() == ["web", "node2", "4242", "running", "1", "1h01m", "-"]
+    assert batch.split()[:6] == ["batch-7", "-", "-", "pending", "0", "-"]
+    assert "no node online" in batch
+
+
+def test_which_children_node_filter_and_empty(daemon: FakeDaemon) -> None:
+    daemon.results["which_children"] = []
+    result = run(daemon, "which-children", "--node", "node9")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("which_children", {"local": False, "node": "node9"})]
+    assert "no children" in result.stdout
+
+
+def test_nodes_table(daemon: FakeDaemon) -> None:
+    result = run(daemon, "nodes")
+    assert result.exit_code == 0, result.output
+    header, node1, node2 = result.stdout.splitlines()
+    assert "LAST CHANGE" in header
+    assert header.split()[:2] == ["NODE", "STATUS"]
+    assert node1.split()[:2] == ["node1", "online"]
+    assert "2024-05-01T12:00:00Z (" in node1
+    assert "ago)" in node1
+    assert node1.split()[-3:] == ["alpha.example", "111", "3"]
+    assert node2.split()[:2] == ["node2", "offline"]
+    assert "lease expired" in node2
+
+
+def test_status_lines(daemon: FakeDaemon) -> None:
+    result = run(daemon, "status")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for expected in ("node1", "prod", "999", "1h02m", "node1, node3", "backoff=1, running=2"):
+        assert expected in out
+    assert "http://127.0.0.1:2379" in out
+
+
+def test_delete_child(daemon: FakeDaemon) -> None:
+    result = run(daemon, "delete-child", "web", "--wait", "--timeout", "3")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("delete_child", {"id": "web", "wait": True, "timeout": 3.0})]
+    assert result.stdout == "deleted web (stopped)\n"
+
+
+def test_help_documents_exit_codes() -> None:
+    result = CliRunner().invoke(ctl.cli, ["--help"])
+    assert result.exit_code == 0
+    for line in ("3  not found", "4  ringd unreachable", "5  timed out"):
+        assert line in result.stdout
