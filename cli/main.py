@@ -317,7 +317,12 @@ def which_children(client: Client, local: bool, node: str | None, group: str | N
             return
         table = Table(box=None, header_style="bold", pad_edge=False)
         for name in ("ID", "NODE", "PID", "STATE", "RESTARTS", "UPTIME", "REASON"):
-            table.add_column(name, overflow="fold", justify="right" if name == "PID" else "left")
+            # Narrow pages fold cells rather than crop them: nothing is lost.
+            table.add_column(
+                name,
+                overflow="fold",
+                justify="right" if name == "PID" else "left",
+            )
         for row in rows:
             table.add_row(
                 Text(dash(row.get("id"))),
@@ -375,7 +380,11 @@ def nodes(client: Client) -> None:
         table = Table(box=None, header_style="bold", pad_edge=False)
         for name in ("NODE", "STATUS", "LAST CHANGE", "REASON", "HOST", "PID", "CHILDREN"):
             right = name in ("PID", "CHILDREN")
-            table.add_column(name, overflow="fold", justify="right" if right else "left")
+            table.add_column(
+                name,
+                overflow="fold",
+                justify="right" if right else "left",
+            )
         for row in rows:
             status = dash(row.get("status"))
             if row.get("draining"):

@@ -27,9 +27,12 @@ import time
 logger = logging.getLogger(__name__)
 
 
-def instance_pids(token: str) -> list[int]:
-    """Pids of the processes whose environment holds ``RINGD_INSTANCE=token``."""
-    marker = f"RINGD_INSTANCE={token}".encode()
+def instance_pids(token: str, child_id: str | None = None) -> list[int]:
+    """Pids of the processes whose environment holds ``RINGD_INSTANCE=token``
+    (and ``RINGD_CHILD_ID=child_id`` when given)."""
+    markers = [f"RINGD_INSTANCE={token}".encode()]
+    if child_id is not None:
+        markers.append(f"RINGD_CHILD_ID={child_id}".encode())
     me = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
@@ -37,19 +40,20 @@ def instance_pids(token: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
+                env = f.read().split(b"\0")
         except OSError:
             continue
-        if marker + b"\0" in env or env.endswith(marker):
+        if all(marker in env for marker in markers):
             found.append(int(entry))
     return found
 
 
-def kill_instance(token: str) -> int:
-    """SIGKILL every process of the instance (and its process group); returns how many."""
+def kill_instance(token: str, child_id: str | None = None) -> int:
+    """SIGKILL every process of the instance (or of one child of it) and its process
+    group; returns how many."""
     killed = 0
     for _ in range(5):  # again, for anything forked while we were killing
-        pids = instance_pids(token)
+        pids = instance_pids(token, child_id)
         if not pids:
             break
         for pid in pids:
@@ -87,6 +91,9 @@ def main(argv: list[str]) -> int:
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
             if line == b"bye":
+                # The daemon stopped its children; sweep up anything that escaped
+                # their process groups (a grandchild in a session of its own).
+                kill_instance(token)
                 return 0
             if line.startswith(b"deadline "):
                 deadline = float(line.split()[1])

@@ -25,6 +25,7 @@ from typing import Any
 
 import trio
 
+from .guard import kill_instance
 from .intensity import Intensity
 from .spec import ChildSpec, signal_number
 
@@ -158,8 +159,12 @@ class Supervisor:
         self._nursery.start_soon(self._supervise, child)
         return child
 
-    async def stop(self, child_id: str) -> None:
-        """Stop a child (its stop signal, then SIGKILL after its timeout) and forget it."""
+    async def stop(self, child_id: str, *, sweep: bool = True) -> None:
+        """Stop a child (its stop signal, then SIGKILL after its timeout) and forget it.
+
+        ``sweep`` also kills processes of the child that left its process group
+        (a /proc scan: skipped at shutdown, where the guard sweeps once for all).
+        """
         child = self.children.get(child_id)
         if child is None:
             return
@@ -174,12 +179,14 @@ class Supervisor:
                 logger.warning("child %s ignored %s, killing it", child_id, child.spec.stop_signal)
                 kill_group(child.pid, signal.SIGKILL)
         await child.done.wait()
+        if sweep:
+            await trio.to_thread.run_sync(kill_instance, self.instance, child_id)
         self.children.pop(child_id, None)
 
     async def stop_all(self) -> None:
         """Stop every child, in reverse start order."""
         for child_id in reversed(list(self.children)):
-            await self.stop(child_id)
+            await self.stop(child_id, sweep=False)
 
     def kill_all(self) -> None:
         """SIGKILL every child now (fencing): no grace, no restart."""

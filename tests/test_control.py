@@ -1,0 +1,109 @@
+"""The control socket against a real daemon: bad input gets a clear error, and the
+daemon keeps serving (DESIGN invariant 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ringd.protocol import MAX_LINE, RemoteError
+
+if TYPE_CHECKING:
+    from .conftest import Cluster
+
+
+def raw(path: str, payload: bytes, *, half_close: bool = True) -> list[dict]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(payload)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_socket_is_not_world_accessible(cluster: Cluster) -> None:
+    node = cluster.daemon("n1")
+    mode = stat.S_IMODE(os.stat(node.socket).st_mode)
+    assert mode & 0o007 == 0, oct(mode)
+    assert stat.S_ISSOCK(os.stat(node.socket).st_mode)
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "words"),
+    [
+        (b"not json\n", "protocol", "not JSON"),
+        (b"[1, 2]\n", "protocol", "JSON object"),
+        (b'{"id": 1}\n', "protocol", "'op'"),
+        (b'{"id": 1, "op": "launch_missiles"}\n', "protocol", "unknown op"),
+        (b'{"id": 1, "op": "find", "args": []}\n', "protocol", "'args'"),
+        (b'{"id": 1, "op": "find", "args": {"id": "../x"}}\n', "invalid", "id"),
+        (b'{"id": 1, "op": "find", "args": {"id": "nope"}}\n', "not_found", "nope"),
+        (b'{"id": 1, "op": "start_child", "args": {"spec": "ls"}}\n', "invalid", "spec"),
+        (b'{"id": 1, "op": "start_child", "args": {"spec": {"id": "x", "argv": "ls -l"}}}\n', "invalid", "argv"),
+        (b'{"id": 1, "op": "start_child", "args": {"spec": {"id": "x", "argv": ["ls"], "env": {"RINGD_FENCE": "1"}}}}\n',
+         "invalid", "env.RINGD_FENCE"),
+        (b'{"id": 1, "op": "delete_child", "args": {"id": "ghost"}}\n', "not_found", "ghost"),
+        (b'{"id": 1, "op": "start_child", "args": {"spec": {"id": "x", "argv": ["true"]}, "wait": true, "timeout": "soon"}}\n',
+         "invalid", "timeout"),
+        ("\udcff".encode("utf-8", "surrogatepass") + b"\n", "protocol", "not JSON"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_clear_errors(cluster: Cluster, payload: bytes, code: str, words: str) -> None:
+    node = cluster.daemon("n1") if "n1" not in cluster.daemons else cluster.daemons["n1"]
+    (reply,) = raw(node.socket, payload)
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == code
+    assert words in reply["error"]["message"]
+    assert node.call("ping")["node"] == "n1"  # still serving
+
+
+def test_oversized_and_half_closed_connections(cluster: Cluster) -> None:
+    node = cluster.daemon("n1")
+    (reply,) = raw(node.socket, b"x" * (MAX_LINE + 10))
+    assert reply["error"]["code"] == "protocol" and "longer than" in reply["error"]["message"]
+    assert raw(node.socket, b'{"id": 1, "op": "ping"') == []  # half a line, then EOF
+    # Several requests on one connection, answered in order.
+    replies = raw(node.socket, b'{"id": 1, "op": "ping"}\n{"id": 2, "op": "nope"}\n{"id": 3, "op": "ping"}\n')
+    assert [(r["id"], r["ok"]) for r in replies] == [(1, True), (2, False), (3, True)]
+    assert node.call("status")["node"] == "n1"
+
+
+def test_start_child_is_idempotent_but_refuses_a_different_spec(cluster: Cluster) -> None:
+    node = cluster.daemon("n1")
+    child = {"id": "x", "argv": ["sleep", "60"], "env": {"TEST_CLUSTER": cluster.name}}
+    node.call("start_child", spec=child)
+    node.call("start_child", spec=child)  # same spec again: fine
+    with pytest.raises(RemoteError) as info:
+        node.call("start_child", spec={**child, "argv": ["sleep", "61"]})
+    assert info.value.code == "exists"
+    assert node.call("delete_child", id="x", wait=True, timeout=10) == {"id": "x", "deleted": True}
+    assert not cluster.children()
+
+
+def test_corrupt_spec_in_etcd_is_skipped(cluster: Cluster, journal) -> None:
+    import etcd3
+
+    node = cluster.daemon("n1")
+    host, port = cluster.etcd_url.removeprefix("http://").split(":")
+    client = etcd3.client(host=host, port=int(port))
+    try:
+        client.put(f"/ringd/{cluster.name}/children/broken", b"{not json")
+        client.put(f"/ringd/{cluster.name}/children/wrongid", json.dumps({"id": "other", "argv": ["true"]}))
+        node.call("start_child", spec={"id": "good", "argv": ["sleep", "60"], "env": {"TEST_CLUSTER": cluster.name}})
+        from .helpers import wait_until
+
+        wait_until(lambda: node.call("find", id="good")["state"] == "running", 10, "good running")
+        rows = {r["id"]: r for r in node.call("which_children")}
+        assert rows["broken"]["state"] == "pending" and rows["wrongid"]["state"] == "pending"
+        assert node.call("ping")
+    finally:
+        client.close()
