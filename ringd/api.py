@@ -124,9 +124,8 @@ class Api:
             raise InvalidSpec("spec", "must be an object")
         spec = parse_child(raw)
         created, existing = await self.etcd.create(self.keys.child(spec.id), encode(spec))
-        if not created:
-            if existing is None or existing.value != encode(spec):
-                raise AlreadyExists("child", spec.id)
+        if not created and (existing is None or existing.value != encode(spec)):
+            raise AlreadyExists("child", spec.id)
         if args.get("wait"):
             timeout = _timeout(args)
             await self._wait_for(

@@ -7,11 +7,11 @@ import os
 import secrets
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from .api import Api
-from .config import Config
 from .control import ControlServer
 from .errors import EtcdUnavailable
 from .etcd import TLS, Etcd
@@ -22,6 +22,9 @@ from .reconciler import Reconciler
 from .standalone import PrivateEtcd
 from .supervisor import Supervisor
 from .view import ClusterView
+
+if TYPE_CHECKING:
+    from .config import Config
 
 logger = logging.getLogger(__name__)
 

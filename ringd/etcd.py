@@ -16,9 +16,8 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import etcd3
@@ -31,6 +30,9 @@ from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
 
 from .errors import ConfigError, EtcdUnavailable, WatchBroken
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -335,7 +337,8 @@ class Etcd:
                         raise response
                     if response.compact_revision:
                         raise WatchBroken(
-                            f"revision {start_revision} compacted (now {response.compact_revision})",
+                            f"revision {start_revision} compacted "
+                            f"(now {response.compact_revision})",
                             compacted=True,
                         )
                     if response.canceled:

@@ -117,7 +117,8 @@ class Guard:
         if self.process is None or self.process.poll() is not None:
             logger.warning("guard process gone; starting a new one")
             self.start()
-        assert self.process is not None and self.process.stdin is not None
+        assert self.process is not None
+        assert self.process.stdin is not None
         try:
             self.process.stdin.write(line)
             self.process.stdin.flush()

@@ -18,7 +18,6 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,8 @@ from . import __version__
 from .errors import EtcdUnavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .config import Config
     from .etcd import KV, Etcd
     from .guard import Guard

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # A longer line is a protocol error: it bounds the memory one client can pin.
 MAX_LINE = 1 << 20

@@ -10,14 +10,17 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ringd.standalone import PrivateEtcd
 
 from .helpers import Daemon, kill_pids, processes_with_env
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +63,9 @@ class Cluster:
         self.daemons: dict[str, Daemon] = {}
 
     def daemon(self, name: str, *, ttl: float = 2.0, start: bool = True) -> Daemon:
-        d = self.daemons.get(name) or Daemon(name, etcd=self.etcd_url, cluster=self.name, base=self.base, ttl=ttl)
+        d = self.daemons.get(name) or Daemon(
+            name, etcd=self.etcd_url, cluster=self.name, base=self.base, ttl=ttl
+        )
         self.daemons[name] = d
         if start:
             d.start()

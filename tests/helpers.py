@@ -49,7 +49,9 @@ def processes_with_env(marker: str) -> dict[int, dict[str, str]]:
             continue
         if needle in raw:
             env = dict(
-                item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item
+                item.split("=", 1)
+                for item in raw.decode(errors="replace").split("\0")
+                if "=" in item
             )
             found[int(entry)] = env
     return found
@@ -101,7 +103,9 @@ class Daemon:
     def ready(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"{self.name} exited {self.process.returncode}:\n{self.log.read_text()}")
+            raise AssertionError(
+                f"{self.name} exited {self.process.returncode}:\n{self.log.read_text()}"
+            )
         try:
             return self.call("status")["lease"] is not None
         except (Unreachable, RemoteError):

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
-from ringctl import main as ctl
 
+from ringctl import main as ctl
 from ringd import protocol
 
 if TYPE_CHECKING:

@@ -57,7 +57,9 @@ def test_socket_is_not_world_accessible(cluster: Cluster) -> None:
         ("\udcff".encode("utf-8", "surrogatepass") + b"\n", "protocol", "not JSON"),
     ],
 )  # fmt: skip
-def test_bad_requests_get_clear_errors(cluster: Cluster, payload: bytes, code: str, words: str) -> None:
+def test_bad_requests_get_clear_errors(
+    cluster: Cluster, payload: bytes, code: str, words: str
+) -> None:
     node = cluster.daemon("n1") if "n1" not in cluster.daemons else cluster.daemons["n1"]
     (reply,) = raw(node.socket, payload)
     assert reply["ok"] is False
@@ -69,10 +71,13 @@ def test_bad_requests_get_clear_errors(cluster: Cluster, payload: bytes, code: s
 def test_oversized_and_half_closed_connections(cluster: Cluster) -> None:
     node = cluster.daemon("n1")
     (reply,) = raw(node.socket, b"x" * (MAX_LINE + 10))
-    assert reply["error"]["code"] == "protocol" and "longer than" in reply["error"]["message"]
+    assert reply["error"]["code"] == "protocol"
+    assert "longer than" in reply["error"]["message"]
     assert raw(node.socket, b'{"id": 1, "op": "ping"') == []  # half a line, then EOF
     # Several requests on one connection, answered in order.
-    replies = raw(node.socket, b'{"id": 1, "op": "ping"}\n{"id": 2, "op": "nope"}\n{"id": 3, "op": "ping"}\n')
+    replies = raw(
+        node.socket, b'{"id": 1, "op": "ping"}\n{"id": 2, "op": "nope"}\n{"id": 3, "op": "ping"}\n'
+    )
     assert [(r["id"], r["ok"]) for r in replies] == [(1, True), (2, False), (3, True)]
     assert node.call("status")["node"] == "n1"
 
@@ -97,13 +102,19 @@ def test_corrupt_spec_in_etcd_is_skipped(cluster: Cluster, journal) -> None:
     client = etcd3.client(host=host, port=int(port))
     try:
         client.put(f"/ringd/{cluster.name}/children/broken", b"{not json")
-        client.put(f"/ringd/{cluster.name}/children/wrongid", json.dumps({"id": "other", "argv": ["true"]}))
-        node.call("start_child", spec={"id": "good", "argv": ["sleep", "60"], "env": {"TEST_CLUSTER": cluster.name}})
+        client.put(
+            f"/ringd/{cluster.name}/children/wrongid", json.dumps({"id": "other", "argv": ["true"]})
+        )
+        node.call(
+            "start_child",
+            spec={"id": "good", "argv": ["sleep", "60"], "env": {"TEST_CLUSTER": cluster.name}},
+        )
         from .helpers import wait_until
 
         wait_until(lambda: node.call("find", id="good")["state"] == "running", 10, "good running")
         rows = {r["id"]: r for r in node.call("which_children")}
-        assert rows["broken"]["state"] == "pending" and rows["wrongid"]["state"] == "pending"
+        assert rows["broken"]["state"] == "pending"
+        assert rows["wrongid"]["state"] == "pending"
         assert node.call("ping")
     finally:
         client.close()

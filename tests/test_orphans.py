@@ -27,9 +27,15 @@ def test_daemon_death_leaves_no_process_of_the_tree(cluster: Cluster, how: str) 
     node = cluster.daemon("n1")
     node.call(
         "start_child",
-        spec={"id": "forker", "argv": [sys.executable, "-c", FORKER], "env": {"TEST_CLUSTER": cluster.name}},
+        spec={
+            "id": "forker",
+            "argv": [sys.executable, "-c", FORKER],
+            "env": {"TEST_CLUSTER": cluster.name},
+        },
     )
-    tree = wait_until(lambda: len(cluster.children()) == 2 and cluster.children(), 10, "child and grandchild")
+    tree = wait_until(
+        lambda: len(cluster.children()) == 2 and cluster.children(), 10, "child and grandchild"
+    )
     assert {env.get("TEST_ROLE") for env in tree.values()} == {None, "grandchild"}
     if how == "sigkill":
         node.kill()

@@ -63,7 +63,11 @@ def test_signal_names() -> None:
         signal_number("999")
 
 
-@given(st.dictionaries(st.text(max_size=10), st.one_of(st.none(), st.integers(), st.text(), st.lists(st.text()))))
+@given(
+    st.dictionaries(
+        st.text(max_size=10), st.one_of(st.none(), st.integers(), st.text(), st.lists(st.text()))
+    )
+)
 def test_arbitrary_input_is_rejected_cleanly_or_valid(data: dict) -> None:
     """Whatever arrives, the result is a valid spec or an InvalidSpec, never another error."""
     try:
