@@ -48,6 +48,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     resync_interval: Seconds = 30.0
     shutdown_grace: Seconds = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Each child's output: <state_dir>/logs/<id>.log, rotated at this size.
+    child_log_max_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 10 << 20
+    child_log_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
+    # Also copy children's output to the daemon's stderr (the journal), "<id>| " first.
+    child_output_to_stderr: bool = False
 
     @property
     def standalone(self) -> bool:

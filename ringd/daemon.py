@@ -69,6 +69,9 @@ async def _serve(config: Config, endpoints: list[str]) -> None:
         node=config.name,
         log_dir=Path(config.state_dir) / "logs",
         instance=instance,
+        log_max_bytes=config.child_log_max_bytes,
+        log_backups=config.child_log_backups,
+        mirror_output=config.child_output_to_stderr,
         may_run=membership.may_run,
     )
     reconciler = Reconciler(
@@ -81,6 +84,7 @@ async def _serve(config: Config, endpoints: list[str]) -> None:
         resync_interval=config.resync_interval,
     )
     supervisor.on_change = reconciler.child_changed
+    supervisor.on_group_failed = reconciler.on_group_failed
     membership.on_fence = reconciler.on_fence
     api = Api(
         config=config,

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import trio
 
 from .errors import EtcdUnavailable, InvalidSpec
 from .membership import decode
 from .ring import Ring
-from .spec import ChildSpec, parse_child
+from .spec import ChildSpec, GroupRecord, encode, parse_child, parse_group_record
 from .supervisor import Child, State
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .etcd import KV, Etcd
     from .keys import Keys
     from .membership import Membership
@@ -55,8 +60,11 @@ class Reconciler:
         self._wake = trio.Event()
         self._dirty_claims: set[str] = set()
         self._claims_dirty = trio.Event()
-        self._specs: dict[str, tuple[int, ChildSpec | None]] = {}  # id -> (mod_revision, spec)
+        # kind -> name -> (mod_revision, parsed value or None if invalid)
+        self._cache: dict[str, dict[str, tuple[int, Any]]] = {}
+        self._failed_here: dict[str, str] = {}  # groups that failed on this node -> reason
         self._ring = Ring()
+        self._next_retry = math.inf  # unix time of the next failed-group retry
 
     # -- reading the view -------------------------------------------------------------
 
@@ -71,30 +79,59 @@ class Reconciler:
             self._ring = Ring(nodes)
         return self._ring
 
-    def specs(self) -> dict[str, ChildSpec]:
-        """Every valid spec in the view; corrupt ones are logged once and skipped."""
+    def _parsed(
+        self, kind: str, parse: Callable[[bytes], Any], name_of: Callable[[Any], str]
+    ) -> dict[str, tuple[Any, KV]]:
+        """Every valid value of one kind in the view, parsed once per revision;
+        corrupt ones (written by a third party) are logged once and skipped."""
+        cache = self._cache.setdefault(kind, {})
         out = {}
-        kvs = self.view.by_kind("children")
-        for child_id, kv in kvs.items():
-            cached = self._specs.get(child_id)
+        kvs = self.view.by_kind(kind)
+        for name, kv in kvs.items():
+            cached = cache.get(name)
             if cached is None or cached[0] != kv.mod_revision:
                 try:
-                    spec: ChildSpec | None = parse_child(kv.value)
-                    if spec is not None and spec.id != child_id:
-                        raise InvalidSpec("id", f"{spec.id!r} does not match key {kv.key!r}")
+                    value = parse(kv.value)
+                    if name_of(value) != name:
+                        raise InvalidSpec("id", f"{name_of(value)!r} does not match key {kv.key!r}")
                 except InvalidSpec as exc:
-                    logger.error("skipping invalid spec at %s: %s", kv.key, exc)
-                    spec = None
-                cached = self._specs[child_id] = (kv.mod_revision, spec)
+                    logger.error("skipping invalid %s at %s: %s", kind, kv.key, exc)
+                    value = None
+                cached = cache[name] = (kv.mod_revision, value)
             if cached[1] is not None:
-                out[child_id] = cached[1]
-        for gone in self._specs.keys() - kvs.keys():
-            del self._specs[gone]
+                out[name] = (cached[1], kv)
+        for gone in cache.keys() - kvs.keys():
+            del cache[gone]
         return out
+
+    def specs(self) -> dict[str, ChildSpec]:
+        """Every valid child spec, in the order they were created (their start order)."""
+        parsed = self._parsed("children", parse_child, lambda s: s.id)
+        ordered = sorted(parsed.items(), key=lambda item: item[1][1].create_revision)
+        return {name: spec for name, (spec, _) in ordered}
+
+    def groups(self) -> dict[str, tuple[GroupRecord, KV]]:
+        return self._parsed("groups", parse_group_record, lambda r: r.spec.name)
+
+    def blocked(self, spec: ChildSpec, groups: dict[str, tuple[GroupRecord, KV]]) -> str:
+        """Why a child may not run anywhere now ("" if it may)."""
+        if spec.group is None:
+            return ""
+        record = groups.get(spec.group)
+        if record is None:
+            return f"group {spec.group} does not exist"
+        if record[0].state == "failed":
+            return f"group {spec.group} failed: {record[0].reason}"
+        return ""
 
     def desired(self) -> dict[str, ChildSpec]:
         ring = self.ring()
-        return {i: s for i, s in self.specs().items() if ring.owner(i) == self.node}
+        groups = self.groups()
+        return {
+            i: s
+            for i, s in self.specs().items()
+            if ring.owner(i) == self.node and not self.blocked(s, groups)
+        }
 
     # -- acting -----------------------------------------------------------------------
 
@@ -130,7 +167,9 @@ class Reconciler:
                     with trio.move_on_after(1.0):
                         await self._wake.wait()
                     continue
-                with trio.move_on_after(self.resync_interval):
+                wait = min(self.resync_interval, max(self._next_retry - time.time(), 0.05))
+                self._next_retry = math.inf
+                with trio.move_on_after(wait):
                     await self._wake.wait()
 
     async def _watch_inputs(self) -> None:
@@ -155,7 +194,12 @@ class Reconciler:
             # Fenced or not registered: children are being killed; forget them.
             await self._drop_all()
             return
+        await self._publish_group_failures()
+        await self._retry_failed_groups()
         desired = self.desired()
+        groups = self.groups()
+        for record, _ in groups.values():
+            self.supervisor.update_group(record.spec)
         lease = self.membership.lease_id
         claims = self.view.by_kind("claims")
 
@@ -185,12 +229,56 @@ class Reconciler:
                 or not self.membership.may_run()
             ):
                 continue
-            self.supervisor.start(spec, fence=claim.create_revision)
+            group = groups[spec.group][0].spec if spec.group else None
+            self.supervisor.start(spec, fence=claim.create_revision, group=group)
 
         # Claims of ours that nothing here runs any more (e.g. left by a failed stop).
         for child_id, claim in claims.items():
             if claim.lease == lease and child_id not in self.supervisor.children:
                 await self.etcd.delete_if(claim.key, create_revision=claim.create_revision)
+
+    def on_group_failed(self, group: str, reason: str) -> None:
+        """Supervisor callback: a group failed here past its node-level intensity."""
+        self._failed_here[group] = reason
+        self.wake()
+
+    async def _publish_group_failures(self) -> None:
+        """Step 3 of escalation: mark the group failed in etcd, so every node stops it."""
+        groups = self.groups()
+        for name, reason in list(self._failed_here.items()):
+            current = groups.get(name)
+            if current is not None and current[0].state != "failed":
+                record = msgspec.structs.replace(
+                    current[0], state="failed", reason=reason, node=self.node, since=time.time()
+                )
+                if await self.etcd.put_if(
+                    current[1].key, encode(record), mod_revision=current[1].mod_revision
+                ):
+                    logger.error("group %s failed cluster-wide: %s", name, reason)
+                    continue
+            if current is None or current[0].state == "failed":
+                del self._failed_here[name]
+
+    async def _retry_failed_groups(self) -> None:
+        """A failed group with ``retry_after`` runs again once that delay has passed."""
+        now = time.time()
+        for name, (record, kv) in self.groups().items():
+            retry = record.spec.retry_after
+            if record.state != "failed" or retry is None:
+                continue
+            due = (record.since or 0) + retry
+            if now >= due:
+                fresh = msgspec.structs.replace(
+                    record,
+                    state="running",
+                    reason=f"retried after {retry:g} s",
+                    node=None,
+                    since=now,
+                )
+                if await self.etcd.put_if(kv.key, encode(fresh), mod_revision=kv.mod_revision):
+                    logger.info("group %s: retrying after %g s", name, retry)
+            else:
+                self._next_retry = min(self._next_retry, due)
 
     async def _stop_and_release(self, child: Child) -> None:
         await self.supervisor.stop(child.id)

@@ -121,3 +121,63 @@ def parse_child(data: bytes | str | dict[str, Any]) -> ChildSpec:
 def encode(spec: msgspec.Struct) -> bytes:
     """The canonical JSON of a spec, as stored in etcd."""
     return msgspec.json.encode(spec)
+
+
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+
+
+class GroupSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A group of children supervised together on each node, like an OTP supervisor.
+
+    ``restart_delay`` > 0 waits before each restart, doubling per consecutive
+    restart up to ``restart_delay_max`` (0 keeps OTP's immediate restart).
+    ``retry_after`` retries a group that failed cluster-wide after that many
+    seconds (None: it stays failed until ``ringctl reset-group``).
+    """
+
+    name: Name
+    strategy: Strategy = "one_for_one"
+    max_restarts: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 3
+    max_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 5.0
+    restart_delay: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
+    restart_delay_max: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 30.0
+    retry_after: Annotated[float, msgspec.Meta(gt=0, le=86_400)] | None = None
+
+
+GroupState = Literal["running", "failed"]
+
+
+class GroupRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What ``groups/<g>`` holds: the spec and the group's cluster-wide state."""
+
+    spec: GroupSpec
+    state: GroupState = "running"
+    reason: str = ""
+    node: str | None = None
+    since: float | None = None  # unix time of the last state change
+
+
+def parse_group(data: bytes | str | dict[str, Any]) -> GroupSpec:
+    """Decode and validate a group spec (JSON text or mapping).
+
+    Raises:
+        InvalidSpec: naming the field that is wrong.
+    """
+    try:
+        if isinstance(data, dict):
+            return msgspec.convert(data, GroupSpec)
+        return msgspec.json.decode(data, type=GroupSpec)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _as_invalid(exc) from exc
+
+
+def parse_group_record(data: bytes) -> GroupRecord:
+    """Decode ``groups/<g>`` as stored in etcd.
+
+    Raises:
+        InvalidSpec: naming the field that is wrong.
+    """
+    try:
+        return msgspec.json.decode(data, type=GroupRecord)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _as_invalid(exc) from exc

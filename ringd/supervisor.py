@@ -1,11 +1,17 @@
-"""Local supervision of child processes.
+"""Local supervision of child processes, with OTP semantics.
 
-Each child runs in its own process group (its own session), so a signal reaches
-every process it started. Restarts follow the child's restart type within its
-restart intensity; a child that exhausts it is ``failed`` with the reason.
+Every child belongs to a group supervised on this node: a named group (a
+``groups/<g>`` spec: strategy, intensity, restart delay) or, for a child without
+one, a group of its own (one_for_one with the child's intensity). A child exit
+is handled by its group (restart type, strategy, intensity). Past the group's
+intensity the node level tears the group down and starts it fresh, at most 2
+times in twice the group's period; past that the group has failed, which the
+reconciler makes cluster-wide. A child without a group simply fails.
 
-Children are spawned with ``subprocess.Popen`` on the trio thread (about 0.2 ms,
-and no thread hop as in ``trio.lowlevel.open_process``) and awaited through a
+Each child runs in its own session (its own process group), so a signal reaches
+every process it started. Children are spawned with ``posix_spawn`` on the trio
+thread (no thread hop as in ``trio.lowlevel.open_process``; ``Popen`` only when
+a cwd is set, which ``posix_spawn`` cannot do on 3.11) and awaited through a
 pidfd, which wakes trio the moment the child exits.
 """
 
@@ -15,6 +21,7 @@ import contextlib
 import enum
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -25,7 +32,8 @@ import trio
 
 from .guard import kill_instance
 from .intensity import Intensity
-from .spec import ChildSpec, signal_number
+from .logs import RotatingLog, pump
+from .spec import ChildSpec, GroupSpec, signal_number
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,33 +41,39 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Python ignores these; an exec'd child must get the default dispositions back.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
 
 class State(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     RESTARTING = "restarting"
+    BACKOFF = "backoff"  # waiting out a restart delay
     STOPPING = "stopping"
     STOPPED = "stopped"  # ended normally and not restarted, or stopped on purpose
-    FAILED = "failed"  # restart intensity exceeded, or cannot be started
+    FAILED = "failed"  # intensity exhausted (child or group), or cannot be started
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Child:
     """A supervised child and what is known about it now."""
 
     spec: ChildSpec
     fence: int  # the claim's create revision
-    env: dict[str, str]
-    intensity: Intensity
+    group: LocalGroup
+    log: RotatingLog
     state: State = State.STARTING
     pid: int | None = None
     restarts: int = 0
     started_at: float | None = None  # wall clock of the current instance
     reason: str = ""
     last_exit: str = ""
-    stopping: bool = False
+    stopping: bool = False  # its next exit is expected: nobody restarts it
+    terminated: bool = False  # stopped by terminate-child: stays stopped
+    exited: trio.Event = field(default_factory=trio.Event)
+    executable: str | None = None  # argv[0] resolved on the child's PATH
     popen: subprocess.Popen[bytes] | None = None
-    done: trio.Event = field(default_factory=trio.Event)
 
     @property
     def id(self) -> str:
@@ -68,6 +82,7 @@ class Child:
     def info(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "group": self.spec.group,
             "state": str(self.state),
             "pid": self.pid,
             "restarts": self.restarts,
@@ -76,6 +91,48 @@ class Child:
             "last_exit": self.last_exit,
             "fence": self.fence,
         }
+
+
+class LocalGroup:
+    """One group's supervisor on this node: its members in start order, its intensity,
+    and the node-level intensity that restarts it as a whole."""
+
+    def __init__(self, spec: GroupSpec, *, solo: bool = False) -> None:
+        self.spec = spec
+        self.solo = solo
+        self.members: list[Child] = []
+        self.intensity = Intensity(spec.max_restarts, spec.max_seconds)
+        # supervisorring: the local supervisor may be restarted 2 times in 2 x its period.
+        self.node_intensity = Intensity(2, 2 * spec.max_seconds)
+        self.node_restarts = 0
+        self.lock = trio.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def update(self, spec: GroupSpec) -> None:
+        if spec != self.spec:
+            self.spec = spec
+            self.intensity.max_restarts, self.intensity.max_seconds = (
+                spec.max_restarts,
+                spec.max_seconds,
+            )
+            self.node_intensity.max_seconds = 2 * spec.max_seconds
+
+    def restart_set(self, child: Child) -> list[Child]:
+        """The children a restart of ``child`` involves, in start order (strategy)."""
+        if self.spec.strategy == "one_for_one":
+            return [child]
+        start = 0 if self.spec.strategy == "one_for_all" else self.members.index(child)
+        return [c for c in self.members[start:] if not c.terminated]
+
+    def delay(self) -> float:
+        """Restart delay: doubles with each restart still in the intensity window."""
+        base = self.spec.restart_delay
+        if base <= 0:
+            return 0.0
+        return float(min(base * 2 ** max(len(self.intensity) - 1, 0), self.spec.restart_delay_max))
 
 
 def describe_exit(status: int) -> str:
@@ -93,16 +150,38 @@ def kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def restart_wanted(restart: str, status: int) -> bool:
+    """OTP: permanent always; transient after an abnormal exit; temporary never."""
+    if restart == "permanent":
+        return True
+    if restart == "temporary":
+        return False
+    return status != 0
+
+
+async def wait_pid(pid: int) -> int:
+    """Wait for a child to exit and reap it; returns the exit code (-N: signal N)."""
+    fd = os.pidfd_open(pid)
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)  # a zombie by now: does not block
+    return os.waitstatus_to_exitcode(status)
+
+
 class Supervisor:
-    """Runs and restarts this node's children.
+    """Runs this node's children.
 
     Args:
         node: this node's name (``RINGD_NODE`` of every child).
-        log_dir: where each child's stdout and stderr go (``<id>.log``).
+        log_dir: where each child's output goes (``<id>.log``, rotated).
         instance: a token put in every child's environment so that the guard can
             find them (and anything they forked) if the daemon dies.
         may_run: False while this node must not run children (fenced).
         on_change: called with a child whenever its state or pid changes.
+        on_group_failed: called with (group, reason) when a group fails here past
+            its node-level intensity (the reconciler makes that cluster-wide).
     """
 
     def __init__(
@@ -111,16 +190,26 @@ class Supervisor:
         node: str,
         log_dir: Path,
         instance: str,
+        log_max_bytes: int = 10 << 20,
+        log_backups: int = 3,
+        mirror_output: bool = False,
         may_run: Callable[[], bool] = lambda: True,
         on_change: Callable[[Child], None] = lambda child: None,
+        on_group_failed: Callable[[str, str], None] = lambda group, reason: None,
     ) -> None:
         self.node = node
         self.log_dir = log_dir
         self.instance = instance
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
+        self.mirror_output = mirror_output
         self.may_run = may_run
         self.on_change = on_change
+        self.on_group_failed = on_group_failed
         self.children: dict[str, Child] = {}  # in start order
+        self.groups: dict[str, LocalGroup] = {}  # named groups with members here
         self._nursery: trio.Nursery | None = None
+        self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("RINGD_")}
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -137,29 +226,42 @@ class Supervisor:
 
     # -- commands ---------------------------------------------------------------------
 
-    def start(self, spec: ChildSpec, *, fence: int, env: dict[str, str] | None = None) -> Child:
-        """Start supervising ``spec`` (spawns at once, restarts in the background)."""
-        assert self._nursery is not None, "Supervisor.run has not started"
+    def start(self, spec: ChildSpec, *, fence: int, group: GroupSpec | None = None) -> Child:
+        """Supervise ``spec`` here: spawn it now and restart it as its group says.
+
+        Args:
+            group: the spec of ``spec.group`` (None for a child without a group).
+        """
         if spec.id in self.children:
             raise ValueError(f"child {spec.id!r} is already supervised here")
-        child_env = dict(os.environ)
-        child_env.update(spec.env)
-        child_env.update(env or {})
-        child_env.update(
-            RINGD_CHILD_ID=spec.id,
-            RINGD_NODE=self.node,
-            RINGD_FENCE=str(fence),
-            RINGD_INSTANCE=self.instance,
+        if group is None:
+            # A group of its own: one_for_one with the child's intensity.
+            local = LocalGroup(
+                GroupSpec(
+                    name=spec.id, max_restarts=spec.max_restarts, max_seconds=spec.max_seconds
+                ),
+                solo=True,
+            )
+        else:
+            local = self.groups.get(group.name) or self.groups.setdefault(
+                group.name, LocalGroup(group)
+            )
+            local.update(group)
+        log = RotatingLog(
+            self.log_dir / f"{spec.id}.log",
+            max_bytes=self.log_max_bytes,
+            backups=self.log_backups,
+            mirror_prefix=f"{spec.id}| " if self.mirror_output else None,
         )
-        child = Child(
-            spec=spec,
-            fence=fence,
-            env=child_env,
-            intensity=Intensity(spec.max_restarts, spec.max_seconds),
-        )
+        child = Child(spec=spec, fence=fence, group=local, log=log)
+        local.members.append(child)
         self.children[spec.id] = child
-        self._nursery.start_soon(self._supervise, child)
+        self._launch(child)
         return child
+
+    def update_group(self, spec: GroupSpec) -> None:
+        if local := self.groups.get(spec.name):
+            local.update(spec)
 
     async def stop(self, child_id: str, *, sweep: bool = True) -> None:
         """Stop a child (its stop signal, then SIGKILL after its timeout) and forget it.
@@ -170,20 +272,15 @@ class Supervisor:
         child = self.children.get(child_id)
         if child is None:
             return
-        child.stopping = True
-        if child.pid is not None:
-            child.state = State.STOPPING
-            self.on_change(child)
-            kill_group(child.pid, signal_number(child.spec.stop_signal))
-            with trio.move_on_after(child.spec.stop_timeout):
-                await child.done.wait()
-            if not child.done.is_set() and child.pid is not None:
-                logger.warning("child %s ignored %s, killing it", child_id, child.spec.stop_signal)
-                kill_group(child.pid, signal.SIGKILL)
-        await child.done.wait()
+        async with child.group.lock:
+            await self._terminate_process(child)
+            child.state = State.STOPPED
+            child.group.members.remove(child)
+            if not child.group.members and not child.group.solo:
+                self.groups.pop(child.group.name, None)
+            del self.children[child_id]
         if sweep:
             await trio.to_thread.run_sync(kill_instance, self.instance, child_id)
-        self.children.pop(child_id, None)
 
     async def stop_all(self) -> None:
         """Stop every child, in reverse start order."""
@@ -197,81 +294,216 @@ class Supervisor:
             if child.pid is not None:
                 kill_group(child.pid, signal.SIGKILL)
 
+    async def terminate(self, child_id: str) -> Child:
+        """Stop a child but keep it here, stopped, until ``restart`` (OTP terminate_child)."""
+        child = self.children[child_id]
+        async with child.group.lock:
+            child.terminated = True
+            await self._terminate_process(child)
+            child.state, child.reason = State.STOPPED, "terminated by operator"
+            self.on_change(child)
+        return child
+
+    async def restart(self, child_id: str) -> Child:
+        """Start a terminated, stopped or failed child again; restart a running one."""
+        child = self.children[child_id]
+        async with child.group.lock:
+            await self._terminate_process(child)
+            child.terminated = False
+            child.reason = ""
+            self._launch(child)
+        return child
+
+    def signal(self, child_id: str, signum: int) -> Child:
+        child = self.children[child_id]
+        if child.pid is None:
+            raise ProcessLookupError(f"child {child_id} has no process")
+        kill_group(child.pid, signum)
+        return child
+
+    # -- processes --------------------------------------------------------------------
+
+    def _env(self, child: Child) -> dict[str, str]:
+        env = dict(self._base_env)
+        env.update(child.spec.env)
+        env.update(
+            RINGD_CHILD_ID=child.id,
+            RINGD_NODE=self.node,
+            RINGD_FENCE=str(child.fence),
+            RINGD_INSTANCE=self.instance,
+        )
+        return env
+
+    def _spawn(self, child: Child, out: int) -> int:
+        env = self._env(child)
+        if child.spec.cwd is None:
+            if child.executable is None:
+                argv0 = child.spec.argv[0]
+                found = (
+                    argv0 if "/" in argv0 else shutil.which(argv0, path=env.get("PATH", os.defpath))
+                )
+                if found is None:
+                    raise FileNotFoundError(2, "not found on PATH", argv0)
+                child.executable = found
+            return os.posix_spawn(
+                child.executable,
+                child.spec.argv,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, out, 1),
+                    (os.POSIX_SPAWN_DUP2, out, 2),
+                ],
+                setsid=True,
+                setsigdef=_RESET_SIGNALS,
+            )
+        child.popen = subprocess.Popen(
+            child.spec.argv,
+            env=env,
+            cwd=child.spec.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+        return child.popen.pid
+
+    def _launch(self, child: Child) -> bool:
+        """Spawn the child's next instance (sync: a few hundred microseconds)."""
+        assert self._nursery is not None, "Supervisor.run has not started"
+        child.stopping = False
+        if not self.may_run():
+            child.state, child.reason = State.STOPPED, "node fenced"
+            self.on_change(child)
+            return False
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = self._spawn(child, write_fd)
+        except OSError as exc:
+            os.close(read_fd)
+            child.state = State.FAILED
+            child.reason = f"cannot start {child.spec.argv[0]!r}: {exc.strerror or exc}"
+            logger.error("child %s: %s", child.id, child.reason)
+            self.on_change(child)
+            return False
+        finally:
+            os.close(write_fd)
+        child.pid = pid
+        child.started_at = time.time()
+        child.state = State.RUNNING
+        child.exited = trio.Event()
+        self._nursery.start_soon(pump, read_fd, child.log)
+        self._nursery.start_soon(self._watch, child, pid)
+        self.on_change(child)
+        return True
+
+    async def _watch(self, child: Child, pid: int) -> None:
+        try:
+            status = await wait_pid(pid)
+        finally:
+            # Whatever is left of its process group goes with it.
+            kill_group(pid, signal.SIGKILL)
+            child.pid = None
+        if child.popen is not None:
+            child.popen.returncode = status  # reaped by us; keep Popen from reaping it
+            child.popen = None
+        child.last_exit = describe_exit(status)
+        child.exited.set()
+        if child.stopping:
+            return
+        logger.info("child %s (pid %d): %s", child.id, pid, child.last_exit)
+        await self._handle_exit(child, status)
+
+    async def _terminate_process(self, child: Child) -> None:
+        """Stop the child's current instance, if any: stop signal, then SIGKILL."""
+        child.stopping = True
+        pid = child.pid
+        if pid is None:
+            return
+        child.state = State.STOPPING
+        self.on_change(child)
+        kill_group(pid, signal_number(child.spec.stop_signal))
+        with trio.move_on_after(child.spec.stop_timeout):
+            await child.exited.wait()
+        if not child.exited.is_set():
+            logger.warning("child %s ignored %s, killing it", child.id, child.spec.stop_signal)
+            kill_group(pid, signal.SIGKILL)
+            await child.exited.wait()
+
     # -- supervision ------------------------------------------------------------------
 
-    def _spawn(self, child: Child) -> subprocess.Popen[bytes]:
-        log_path = self.log_dir / f"{child.id}.log"
-        with open(log_path, "ab", buffering=0) as log:
-            return subprocess.Popen(
-                child.spec.argv,
-                env=child.env,
-                cwd=child.spec.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-            )
-
-    async def _wait(self, popen: subprocess.Popen[bytes]) -> int:
-        fd = os.pidfd_open(popen.pid)
-        try:
-            await trio.lowlevel.wait_readable(fd)
-        finally:
-            os.close(fd)
-        return popen.wait()  # already a zombie: does not block
-
-    def _restart_wanted(self, child: Child, status: int) -> bool:
-        restart = child.spec.restart
-        if restart == "permanent":
-            return True
-        if restart == "temporary":
-            return False
-        # transient: only after an abnormal exit (a signal ringd did not send counts).
-        return status != 0
-
-    async def _supervise(self, child: Child) -> None:
-        try:
-            while not child.stopping:
-                if not self.may_run():
-                    child.state, child.reason = State.STOPPED, "node fenced"
-                    break
-                try:
-                    popen = self._spawn(child)
-                except OSError as exc:
-                    child.state = State.FAILED
-                    child.reason = f"cannot start {child.spec.argv[0]!r}: {exc.strerror or exc}"
-                    logger.error("child %s: %s", child.id, child.reason)
-                    break
-                child.popen, child.pid = popen, popen.pid
-                child.started_at = time.time()
-                child.state = State.RUNNING
+    async def _handle_exit(self, child: Child, status: int) -> None:
+        group = child.group
+        async with group.lock:
+            if child.stopping or child.id not in self.children:
+                return
+            if not restart_wanted(child.spec.restart, status):
+                child.state, child.reason = State.STOPPED, child.last_exit
                 self.on_change(child)
-                try:
-                    status = await self._wait(popen)
-                finally:
-                    # Whatever is left of its process group goes with it.
-                    kill_group(popen.pid, signal.SIGKILL)
-                    child.pid = None
-                child.last_exit = describe_exit(status)
-                if child.stopping:
-                    child.state = State.STOPPED
-                    break
-                logger.info("child %s (pid %d): %s", child.id, popen.pid, child.last_exit)
-                if not self._restart_wanted(child, status):
-                    child.state, child.reason = State.STOPPED, child.last_exit
-                    break
-                if not child.intensity.allow(time.monotonic()):
-                    child.state = State.FAILED
-                    child.reason = (
-                        f"restart intensity exceeded ({child.spec.max_restarts} restarts in "
-                        f"{child.spec.max_seconds:g} s); last: {child.last_exit}"
-                    )
-                    logger.error("child %s failed: %s", child.id, child.reason)
-                    break
-                child.restarts += 1
-                child.state = State.RESTARTING
-        finally:
-            child.pid = None
-            child.done.set()
+                return
+            if not group.intensity.allow(trio.current_time()):
+                await self._escalate(group, f"{child.id}: {child.last_exit}")
+                return
+            targets = group.restart_set(child)
+            for sibling in reversed(targets):
+                if sibling is not child:
+                    await self._terminate_process(sibling)
+            restart = []
+            for c in targets:
+                if c is not child and c.spec.restart == "temporary":
+                    c.state, c.reason = State.STOPPED, f"stopped with its group ({child.id} exited)"
+                    self.on_change(c)
+                else:
+                    restart.append(c)
+            delay = group.delay()
+            for c in restart:
+                c.restarts += 1
+                c.state = State.BACKOFF if delay else State.RESTARTING
+            if delay:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._delayed_launch, group, restart, delay)
+                for c in restart:
+                    self.on_change(c)
+                return
+            for c in restart:
+                self._launch(c)
+
+    async def _delayed_launch(self, group: LocalGroup, children: list[Child], delay: float) -> None:
+        await trio.sleep(delay)
+        async with group.lock:
+            for c in children:
+                if c.state == State.BACKOFF and c.id in self.children and not c.terminated:
+                    self._launch(c)
+
+    async def _escalate(self, group: LocalGroup, cause: str) -> None:
+        """The group exceeded its intensity on this node (called with its lock held)."""
+        spec = group.spec
+        reason = f"restart intensity exceeded ({spec.max_restarts} restarts in {spec.max_seconds:g} s); last: {cause}"
+        for c in reversed(group.members):
+            await self._terminate_process(c)
+        if group.solo:
+            (child,) = group.members
+            child.state, child.reason = State.FAILED, reason
+            logger.error("child %s failed: %s", child.id, reason)
             self.on_change(child)
+            return
+        if group.node_intensity.allow(trio.current_time()):
+            # Step 2: the node level starts the group fresh.
+            group.node_restarts += 1
+            group.intensity.reset()
+            logger.warning(
+                "group %s on %s: %s; restarting the whole group (node level, %d)",
+                group.name, self.node, reason, group.node_restarts,
+            )  # fmt: skip
+            for c in group.members:
+                if not c.terminated and c.spec.restart != "temporary":
+                    c.restarts += 1
+                    self._launch(c)
+            return
+        # Step 3: the group fails here, and so everywhere.
+        reason = f"failed on {self.node} past its node-level intensity (2 in {2 * spec.max_seconds:g} s): {reason}"
+        logger.error("group %s %s", group.name, reason)
+        for c in group.members:
+            c.state, c.reason = State.FAILED, f"group {group.name} {reason}"
+            self.on_change(c)
+        self.on_group_failed(group.name, reason)
