@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+import psutil
 import trio
 
 from . import __version__
-from .errors import AlreadyExists, InvalidSpec, NotFound, TimedOut
+from .errors import AlreadyExists, InvalidSpec, NotFound, Refused, TimedOut
 from .membership import decode
-from .spec import NAME_PATTERN, encode, parse_child
+from .logs import tail
+from .spec import NAME_PATTERN, GroupRecord, encode, parse_child, parse_group, signal_number
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
 
     from .config import Config
     from .etcd import Etcd
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
 import re
 
 _NAME = re.compile(NAME_PATTERN)
+# psutil keeps the previous CPU sample in the Process object: reuse them by pid.
+_processes: dict[int, psutil.Process] = {}
 
 
 def _name(args: dict[str, Any], field: str = "id") -> str:
@@ -79,7 +85,18 @@ class Api:
             "find": self.find,
             "which_children": self.which_children,
             "nodes": self.nodes,
+            "create_group": self.create_group,
+            "groups": self.groups,
+            "delete_group": self.delete_group,
+            "reset_group": self.reset_group,
+            "terminate_child": self.terminate_child,
+            "restart_child": self.restart_child,
+            "signal_child": self.signal_child,
+            "logs": self.logs,
         }
+
+    def streams(self) -> dict[str, Callable[[dict[str, Any]], AsyncIterator[Any]]]:
+        return {"logs_follow": self.logs_follow}
 
     async def _wait_for(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
         seen = -1
@@ -153,7 +170,7 @@ class Api:
     def _row(self, child_id: str, spec_kv: Any, claim_kv: Any) -> dict[str, Any]:
         spec = decode(spec_kv)
         claim = decode(claim_kv)
-        return {
+        row = {
             "id": child_id,
             "group": spec.get("group"),
             "restart": spec.get("restart", "permanent"),
@@ -164,7 +181,52 @@ class Api:
             "started": claim.get("started"),
             "reason": claim.get("reason", ""),
             "fence": claim_kv.create_revision if claim_kv is not None else None,
+            "rss": None,
+            "cpu": None,
         }
+        if claim_kv is None:
+            specs = self.reconciler.specs()
+            if child_id not in specs:
+                row["state"], row["reason"] = (
+                    "invalid",
+                    "the spec in etcd is not valid (see the daemon log)",
+                )
+            elif blocked := self.reconciler.blocked(specs[child_id], self.reconciler.groups()):
+                row["state"] = "failed" if "failed" in blocked else "pending"
+                row["reason"] = blocked
+            else:
+                row["reason"] = "waiting for its node to claim it"
+        return row
+
+    def _local(self, child_id: str) -> Any:
+        """The local child, or an error naming the node where it runs."""
+        child = self.supervisor.children.get(child_id)
+        if child is not None:
+            return child
+        if child_id not in self.view.by_kind("children"):
+            raise NotFound("child", child_id)
+        node = decode(self.view.by_kind("claims").get(child_id)).get("node")
+        if node:
+            raise Refused(
+                f"child {child_id} runs on node {node}, not {self.config.name}: use that node's ringctl"
+            )
+        raise Refused(f"child {child_id} is not running on any node")
+
+    @staticmethod
+    def _figures(row: dict[str, Any]) -> None:
+        """RSS (bytes) and CPU (% of one core since the last look) of a local child."""
+        pid = row.get("pid")
+        if not pid:
+            return
+        try:
+            proc = _processes.get(pid)
+            if proc is None:
+                proc = _processes[pid] = psutil.Process(pid)
+                proc.cpu_percent(None)
+            row["rss"] = proc.memory_info().rss
+            row["cpu"] = proc.cpu_percent(None)
+        except psutil.Error:
+            _processes.pop(pid, None)
 
     async def find(self, args: dict[str, Any]) -> dict[str, Any]:
         child_id = _name(args)
@@ -195,6 +257,11 @@ class Api:
                 child = self.supervisor.children.get(row["id"])
                 if child is not None:
                     row.update(child.info(), node=self.config.name)
+                    self._figures(row)
+        else:
+            for row in rows:
+                if row["node"] == self.config.name:
+                    self._figures(row)
         if node is not None:
             rows = [r for r in rows if r["node"] == node]
         if group is not None:
@@ -223,3 +290,128 @@ class Api:
                 }
             )
         return rows
+
+    # -- groups -----------------------------------------------------------------------
+
+    async def create_group(self, args: dict[str, Any]) -> dict[str, Any]:
+        raw = args.get("spec")
+        if not isinstance(raw, dict):
+            raise InvalidSpec("spec", "must be an object")
+        spec = parse_group(raw)
+        record = GroupRecord(spec=spec, since=time.time())
+        created, existing = await self.etcd.create(self.keys.group(spec.name), encode(record))
+        if not created and (existing is None or self._group_record(existing).spec != spec):
+            raise AlreadyExists("group", spec.name)
+        return self._group_row(spec.name, record)
+
+    @staticmethod
+    def _group_record(kv: Any) -> GroupRecord:
+        from .spec import parse_group_record
+
+        return parse_group_record(kv.value)
+
+    def _group_row(self, name: str, record: GroupRecord) -> dict[str, Any]:
+        members = [s for s in self.reconciler.specs().values() if s.group == name]
+        return {
+            **msgspec.structs.asdict(record.spec),
+            "state": record.state,
+            "reason": record.reason,
+            "failed_node": record.node,
+            "since": record.since,
+            "children": len(members),
+        }
+
+    async def groups(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            self._group_row(name, record)
+            for name, (record, _) in sorted(self.reconciler.groups().items())
+        ]
+
+    async def delete_group(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = _name(args, "name")
+        users = sorted(i for i, s in self.reconciler.specs().items() if s.group == name)
+        if users and not args.get("force"):
+            shown = ", ".join(users[:5]) + (" ..." if len(users) > 5 else "")
+            raise Refused(f"group {name} is used by {len(users)} children ({shown}); use --force")
+        if not await self.etcd.delete(self.keys.group(name)):
+            raise NotFound("group", name)
+        return {"name": name, "deleted": True, "orphaned_children": users}
+
+    async def reset_group(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = _name(args, "name")
+        kv = await self.etcd.get(self.keys.group(name))
+        if kv is None:
+            raise NotFound("group", name)
+        record = self._group_record(kv)
+        fresh = msgspec.structs.replace(
+            record, state="running", reason="reset by operator", node=None, since=time.time()
+        )
+        if not await self.etcd.put_if(kv.key, encode(fresh), mod_revision=kv.mod_revision):
+            raise Refused(f"group {name} changed while resetting it; try again")
+        return self._group_row(name, fresh)
+
+    # -- local children ---------------------------------------------------------------
+
+    async def terminate_child(self, args: dict[str, Any]) -> dict[str, Any]:
+        child = self._local(_name(args))
+        await self.supervisor.terminate(child.id)
+        return {**child.info(), "node": self.config.name}
+
+    async def restart_child(self, args: dict[str, Any]) -> dict[str, Any]:
+        child = self._local(_name(args))
+        await self.supervisor.restart(child.id)
+        return {**child.info(), "node": self.config.name}
+
+    async def signal_child(self, args: dict[str, Any]) -> dict[str, Any]:
+        child = self._local(_name(args))
+        raw = args.get("signal")
+        try:
+            signum = signal_number(str(raw))
+        except ValueError as exc:
+            raise InvalidSpec("signal", str(exc)) from None
+        try:
+            self.supervisor.signal(child.id, signum)
+        except ProcessLookupError as exc:
+            raise Refused(str(exc)) from None
+        return {**child.info(), "node": self.config.name, "signal": signum}
+
+    def _log_path(self, child_id: str) -> Path:
+        return Path(self.config.state_dir) / "logs" / f"{child_id}.log"
+
+    def _lines(self, args: dict[str, Any]) -> int:
+        lines = args.get("lines", 10)
+        if not isinstance(lines, int) or isinstance(lines, bool) or not 0 <= lines <= 100_000:
+            raise InvalidSpec("lines", "must be an integer in [0, 100000]")
+        return lines
+
+    async def logs(self, args: dict[str, Any]) -> dict[str, Any]:
+        child = self._local(_name(args))
+        lines = await trio.to_thread.run_sync(tail, self._log_path(child.id), self._lines(args))
+        return {"id": child.id, "node": self.config.name, "lines": lines}
+
+    async def logs_follow(self, args: dict[str, Any]) -> AsyncIterator[Any]:
+        """The last lines, then every new line as it is written (across rotations)."""
+        child = self._local(_name(args))
+        path = self._log_path(child.id)
+        for line in await trio.to_thread.run_sync(tail, path, self._lines(args)):
+            yield line
+        position = path.stat().st_size if path.exists() else 0
+        inode = path.stat().st_ino if path.exists() else None
+        partial = b""
+        while True:
+            await trio.sleep(0.2)
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if st.st_ino != inode or st.st_size < position:
+                inode, position = st.st_ino, 0  # rotated
+            if st.st_size == position:
+                continue
+            with open(path, "rb") as f:
+                f.seek(position)
+                data = f.read()
+            position += len(data)
+            *complete, partial = (partial + data).split(b"\n")
+            for line in complete:
+                yield line.decode(errors="replace")

@@ -96,7 +96,11 @@ async def _serve(config: Config, endpoints: list[str]) -> None:
         reconciler=reconciler,
     )
     control = ControlServer(
-        config.socket, api.handlers(), mode=config.socket_mode, group=config.socket_group
+        config.socket,
+        api.handlers(),
+        api.streams(),
+        mode=config.socket_mode,
+        group=config.socket_group,
     )
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

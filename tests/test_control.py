@@ -113,8 +113,8 @@ def test_corrupt_spec_in_etcd_is_skipped(cluster: Cluster, journal) -> None:
 
         wait_until(lambda: node.call("find", id="good")["state"] == "running", 10, "good running")
         rows = {r["id"]: r for r in node.call("which_children")}
-        assert rows["broken"]["state"] == "pending"
-        assert rows["wrongid"]["state"] == "pending"
+        assert rows["broken"]["state"] == "invalid"
+        assert rows["wrongid"]["state"] == "invalid"
         assert node.call("ping")
     finally:
         client.close()
