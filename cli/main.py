@@ -6,11 +6,15 @@ and decides, ringctl only builds the arguments and shows the answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
+import signal
+import sys
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -19,6 +23,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ringd.protocol import Client, RemoteError, Unreachable, default_socket_path
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # Results for people (and --json for programs) go to stdout, errors to stderr.
 # Colour only on a terminal: rich's default.
@@ -62,10 +69,11 @@ class CtlError(click.ClickException):
 pass_client = click.make_pass_decorator(Client)
 
 
-def call(client: Client, op: str, **args: Any) -> Any:
-    """One request; daemon errors become ``CtlError`` with the documented exit code."""
+@contextlib.contextmanager
+def daemon_errors(client: Client) -> Iterator[None]:
+    """Daemon and connection errors inside become ``CtlError`` with the documented exit code."""
     try:
-        return client.call(op, **args)
+        yield
     except RemoteError as exc:
         raise CtlError(exc.message, EXIT_CODES.get(exc.code, EXIT_ERROR)) from None
     except Unreachable as exc:
@@ -77,6 +85,12 @@ def call(client: Client, op: str, **args: Any) -> Any:
         ) from None
     except ValueError as exc:  # a reply line that is not JSON
         raise CtlError(f"bad reply from ringd at {client.path}: {exc}") from None
+
+
+def call(client: Client, op: str, **args: Any) -> Any:
+    """One request; daemon errors become ``CtlError`` with the documented exit code."""
+    with daemon_errors(client):
+        return client.call(op, **args)
 
 
 def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -136,8 +150,54 @@ def since(rfc3339: str | None) -> str:
     return f"{rfc3339} ({human_duration(time.time() - when)} ago)"
 
 
+def ago(unix: float | None) -> str:
+    """``42s ago`` from a unix time."""
+    if not isinstance(unix, int | float):
+        return "-"
+    return f"{human_duration(time.time() - unix)} ago"
+
+
+def human_bytes(size: Any) -> str:
+    """``12.3M`` (powers of 1024, as ps and top count); ``-`` when unknown."""
+    if not isinstance(size, int | float) or isinstance(size, bool):
+        return "-"
+    if size < 1024:
+        return f"{int(size)}B"
+    for unit in "KMGT":
+        size /= 1024
+        if size < 1024 or unit == "T":
+            break
+    return f"{size:.1f}{unit}"
+
+
+def percent(value: Any) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return f"{value:.1f}%"
+
+
+def signal_name(number: Any, given: str) -> str:
+    """``SIGHUP`` for the number the daemon sent; what the user typed if it is not one."""
+    try:
+        return signal.Signals(number).name
+    except (ValueError, TypeError):
+        return given
+
+
 def dash(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
+
+
+def number(value: Any) -> str:
+    """``5`` for 5.0, ``0.5`` for 0.5."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:g}"
+    return dash(value)
+
+
+def one_line(line: str) -> None:
+    """One line of rich markup (callers escape what they did not write)."""
+    console.print(line, highlight=False)
 
 
 def key_values(pairs: list[tuple[str, Any]]) -> None:
@@ -149,9 +209,21 @@ def key_values(pairs: list[tuple[str, Any]]) -> None:
     console.print(grid)
 
 
+STATE_STYLES = {
+    "running": "green",
+    "pending": "yellow",
+    "starting": "yellow",
+    "backoff": "yellow",
+    "restarting": "yellow",
+    "stopping": "yellow",
+    "stopped": "dim",
+    "failed": "red",
+    "invalid": "red",
+}
+
+
 def state_text(state: str | None) -> Text:
-    style = {"running": "green", "pending": "yellow", "starting": "yellow"}.get(state or "", "red")
-    return Text(dash(state), style=style)
+    return Text(dash(state), style=STATE_STYLES.get(state or "", "red"))
 
 
 # -- commands ------------------------------------------------------------------------
@@ -316,12 +388,13 @@ def which_children(client: Client, local: bool, node: str | None, group: str | N
             console.print("no children", style="dim")
             return
         table = Table(box=None, header_style="bold", pad_edge=False)
-        for name in ("ID", "NODE", "PID", "STATE", "RESTARTS", "UPTIME", "REASON"):
+        columns = ("ID", "NODE", "PID", "STATE", "RESTARTS", "RSS", "CPU", "UPTIME", "REASON")
+        for name in columns:
             # Narrow pages fold cells rather than crop them: nothing is lost.
             table.add_column(
                 name,
                 overflow="fold",
-                justify="right" if name == "PID" else "left",
+                justify="right" if name in ("PID", "RSS", "CPU") else "left",
             )
         for row in rows:
             table.add_row(
@@ -330,6 +403,8 @@ def which_children(client: Client, local: bool, node: str | None, group: str | N
                 dash(row.get("pid")),
                 state_text(row.get("state")),
                 dash(row.get("restarts")),
+                human_bytes(row.get("rss")),
+                percent(row.get("cpu")),
                 uptime(row.get("started")),
                 Text(dash(row.get("reason"))),
             )
@@ -362,6 +437,238 @@ def delete_child(client: Client, child_id: str, wait: bool, timeout: float) -> N
         console.print(
             f"deleted [bold]{escape(str(row.get('id', child_id)))}[/]{done}", highlight=False
         )
+
+    emit(result, render)
+
+
+@cli.command("terminate-child")
+@click.argument("child_id", metavar="ID")
+@json_option
+@pass_client
+def terminate_child(client: Client, child_id: str) -> None:
+    """Stop a child on this node; it stays stopped until restart-child.
+
+    Only the node the child runs on does it: ask that node's ringctl.
+    """
+    result = call(client, "terminate_child", id=child_id)
+
+    def render(row: dict[str, Any]) -> None:
+        name = escape(dash(row.get("id", child_id)))
+        one_line(f"terminated [bold]{name}[/] on [bold]{escape(dash(row.get('node')))}[/]")
+
+    emit(result, render)
+
+
+@cli.command("restart-child")
+@click.argument("child_id", metavar="ID")
+@json_option
+@pass_client
+def restart_child(client: Client, child_id: str) -> None:
+    """Restart a child on this node (also a terminated, stopped or failed one)."""
+    result = call(client, "restart_child", id=child_id)
+
+    def render(row: dict[str, Any]) -> None:
+        name = escape(dash(row.get("id", child_id)))
+        node = escape(dash(row.get("node")))
+        pid = f" (pid {row['pid']})" if row.get("pid") is not None else ""
+        one_line(f"restarted [bold]{name}[/] on [bold]{node}[/]{pid}")
+
+    emit(result, render)
+
+
+@cli.command("signal-child")
+@click.argument("child_id", metavar="ID")
+@click.argument("sig", metavar="SIG")
+@json_option
+@pass_client
+def signal_child(client: Client, child_id: str, sig: str) -> None:
+    """Send a signal (HUP, SIGUSR1, 15, ...) to a child on this node."""
+    result = call(client, "signal_child", id=child_id, signal=sig)
+
+    def render(row: dict[str, Any]) -> None:
+        name = escape(dash(row.get("id", child_id)))
+        sent = escape(signal_name(row.get("signal"), sig))
+        pid = f" (pid {row['pid']})" if row.get("pid") is not None else ""
+        one_line(f"sent {sent} to [bold]{name}[/]{pid}")
+
+    emit(result, render)
+
+
+@cli.command("logs")
+@click.argument("child_id", metavar="ID")
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="How many of the last lines to show.",
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@json_option
+@pass_client
+def logs(client: Client, child_id: str, lines: int, follow: bool) -> None:
+    """Show a child's output (stdout and stderr) from this node's log.
+
+    Only the node the child runs on has it: ask that node's ringctl.
+    """
+    if follow:
+        follow_logs(client, child_id, lines)
+        return
+    result = call(client, "logs", id=child_id, lines=lines)
+
+    def render(info: dict[str, Any]) -> None:
+        # Raw: a child's output is not rich markup.
+        for line in info.get("lines") or []:
+            click.echo(line)
+
+    emit(result, render)
+
+
+def follow_logs(client: Client, child_id: str, lines: int) -> None:
+    """Echo the ``logs_follow`` stream until the daemon closes it or Ctrl-C."""
+    as_json = click.get_current_context().meta.get(JSON_KEY)
+    client.timeout = None  # a quiet child may write nothing for hours
+    try:
+        with contextlib.closing(client.stream("logs_follow", id=child_id, lines=lines)) as replies:
+            while True:
+                # Only the daemon's side maps to daemon errors: a closed stdout is not one.
+                with daemon_errors(client):
+                    reply = next(replies, None)
+                if reply is None:
+                    return
+                line = reply.get("event")
+                click.echo(json.dumps(line) if as_json else line)
+    except KeyboardInterrupt:
+        return
+    except BrokenPipeError:  # e.g. `ringctl logs -f web | head`
+        # Python would report the failed flush of stdout at exit: point it at /dev/null.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+# -- groups --------------------------------------------------------------------------
+
+
+@cli.command("create-group")
+@click.argument("name", metavar="G")
+@click.option(
+    "--strategy",
+    type=click.Choice(["one_for_one", "one_for_all", "rest_for_one"]),
+    help="Who restarts with a failed child (daemon default: one_for_one).",
+)
+@click.option(
+    "--max-restarts",
+    type=int,
+    metavar="N",
+    help="Restarts allowed within --max-seconds before the group fails (default 3).",
+)
+@click.option(
+    "--max-seconds", type=float, metavar="T", help="The window --max-restarts counts in (5)."
+)
+@click.option(
+    "--restart-delay",
+    type=float,
+    metavar="S",
+    help="Wait before a restart, doubling per consecutive one (0: at once).",
+)
+@click.option(
+    "--restart-delay-max", type=float, metavar="S", help="The most --restart-delay grows to (30)."
+)
+@click.option(
+    "--retry-after",
+    type=float,
+    metavar="S",
+    help="Retry a group failed cluster-wide after S seconds (default: wait for reset-group).",
+)
+@json_option
+@pass_client
+def create_group(client: Client, name: str, **options: Any) -> None:
+    """Create a group of children supervised together (like an OTP supervisor)."""
+    spec: dict[str, Any] = {"name": name}
+    spec.update({key: value for key, value in options.items() if value is not None})
+    result = call(client, "create_group", spec=spec)
+
+    def render(row: dict[str, Any]) -> None:
+        group = escape(dash(row.get("name", name)))
+        one_line(
+            f"created group [bold]{group}[/] ({escape(dash(row.get('strategy')))}, "
+            f"{dash(row.get('max_restarts'))} restarts in {number(row.get('max_seconds'))} s)"
+        )
+
+    emit(result, render)
+
+
+@cli.command("groups")
+@json_option
+@pass_client
+def groups(client: Client) -> None:
+    """List the groups, their intensity and whether they failed."""
+    result = call(client, "groups")
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            console.print("no groups", style="dim")
+            return
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for name in ("GROUP", "STRATEGY", "INTENSITY", "STATE", "SINCE", "CHILDREN", "REASON"):
+            table.add_column(
+                name,
+                overflow="fold",
+                justify="right" if name == "CHILDREN" else "left",
+            )
+        for row in rows:
+            reason = dash(row.get("reason"))
+            if row.get("state") == "failed" and row.get("failed_node"):
+                reason = f"{row['failed_node']}: {reason}"
+            intensity = f"{dash(row.get('max_restarts'))} in {number(row.get('max_seconds'))}s"
+            table.add_row(
+                Text(dash(row.get("name"))),
+                Text(dash(row.get("strategy"))),
+                intensity,
+                state_text(row.get("state")),
+                ago(row.get("since")),
+                dash(row.get("children")),
+                Text(reason),
+            )
+        console.print(table)
+
+    emit(result, render)
+
+
+@cli.command("delete-group")
+@click.argument("name", metavar="G")
+@click.option("--force", is_flag=True, help="Delete it even if children use it (they wait for it).")
+@json_option
+@pass_client
+def delete_group(client: Client, name: str, force: bool) -> None:
+    """Delete a group; refused while children use it, unless --force."""
+    result = call(client, "delete_group", name=name, force=force)
+
+    def render(info: dict[str, Any]) -> None:
+        line = f"deleted group [bold]{escape(dash(info.get('name', name)))}[/]"
+        orphans = info.get("orphaned_children") or []
+        if orphans:
+            line += f"; {len(orphans)} children wait for it to exist again: " + escape(
+                ", ".join(map(str, orphans))
+            )
+        one_line(line)
+
+    emit(result, render)
+
+
+@cli.command("reset-group")
+@click.argument("name", metavar="G")
+@json_option
+@pass_client
+def reset_group(client: Client, name: str) -> None:
+    """Clear a group's failure: its children start again."""
+    result = call(client, "reset_group", name=name)
+
+    def render(row: dict[str, Any]) -> None:
+        group = escape(dash(row.get("name", name)))
+        one_line(f"group [bold]{group}[/] reset: its children start again")
 
     emit(result, render)
 

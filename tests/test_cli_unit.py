@@ -46,6 +46,8 @@ ROWS = [
         "restarts": 1,
         "started": time.time() - 3700,
         "reason": "",
+        "rss": int(12.3 * 1024 * 1024),
+        "cpu": 1.5,
     },
     {
         "id": "batch-7",
@@ -57,6 +59,8 @@ ROWS = [
         "restarts": 0,
         "started": None,
         "reason": "no node online",
+        "rss": None,
+        "cpu": None,
     },
 ]
 NODES = [
@@ -83,6 +87,44 @@ NODES = [
         "children": 0,
     },
 ]
+GROUP = {
+    "name": "front",
+    "strategy": "one_for_all",
+    "max_restarts": 3,
+    "max_seconds": 5.0,
+    "restart_delay": 0.0,
+    "restart_delay_max": 30.0,
+    "retry_after": None,
+    "state": "running",
+    "reason": "",
+    "failed_node": None,
+    "since": time.time() - 42,
+    "children": 2,
+}
+FAILED_GROUP = {
+    **GROUP,
+    "name": "back",
+    "strategy": "one_for_one",
+    "max_restarts": 10,
+    "max_seconds": 2.5,
+    "state": "failed",
+    "reason": "intensity reached",
+    "failed_node": "node3",
+    "since": time.time() - 3700,
+    "children": 0,
+}
+CHILD_INFO = {
+    "id": "web",
+    "group": "front",
+    "state": "running",
+    "pid": 4242,
+    "restarts": 2,
+    "started": time.time() - 5,
+    "reason": "",
+    "last_exit": None,
+    "fence": 17,
+    "node": "node1",
+}
 STATUS = {
     "node": "node1",
     "cluster": "prod",
@@ -106,17 +148,28 @@ CANNED: dict[str, Any] = {
     "nodes": NODES,
     "status": STATUS,
     "delete_child": {"id": "web", "deleted": True},
+    "create_group": GROUP,
+    "groups": [GROUP, FAILED_GROUP],
+    "delete_group": {"name": "front", "deleted": True, "orphaned_children": []},
+    "reset_group": GROUP,
+    "terminate_child": {**CHILD_INFO, "state": "stopped", "pid": None},
+    "restart_child": CHILD_INFO,
+    "signal_child": {**CHILD_INFO, "signal": 1},
+    # Markup-like and bracketed text must come out as written.
+    "logs": {"id": "web", "node": "node1", "lines": ["[bold]not markup[/]", "", "x=1 [2]"]},
 }
 
 
 class FakeDaemon(socketserver.ThreadingUnixStreamServer):
-    """Answers each NDJSON request from ``results`` / ``errors`` and records it."""
+    """Answers each NDJSON request from ``results`` / ``errors`` and records it;
+    a streaming op in ``streams`` gets one ``event`` line per item, then the close."""
 
     daemon_threads = True
 
     def __init__(self, path: str) -> None:
         self.results: dict[str, Any] = dict(CANNED)
         self.errors: dict[str, tuple[str, str]] = {}
+        self.streams: dict[str, list[Any]] = {}
         self.requests: list[tuple[str, dict[str, Any]]] = []
         super().__init__(path, Handler)
 
@@ -132,6 +185,11 @@ class Handler(socketserver.StreamRequestHandler):
             if op in self.server.errors:
                 code, message = self.server.errors[op]
                 reply = protocol.error(request["id"], code, message)
+            elif op in self.server.streams:
+                events = self.server.streams[op]
+                reply = b"".join(
+                    protocol.encode({"id": request["id"], "ok": True, "event": e}) for e in events
+                )
             else:
                 reply = protocol.ok(request["id"], self.server.results.get(op))
             self.wfile.write(reply)
@@ -269,6 +327,14 @@ def test_start_child_needs_a_command(daemon: FakeDaemon) -> None:
         (["--json", "status"], "status"),
         (["--json", "delete-child", "web"], "delete_child"),
         (["--json", "start-child", "web", "--", "true"], "start_child"),
+        (["--json", "create-group", "front"], "create_group"),
+        (["groups", "--json"], "groups"),
+        (["--json", "delete-group", "front"], "delete_group"),
+        (["--json", "reset-group", "front"], "reset_group"),
+        (["--json", "terminate-child", "web"], "terminate_child"),
+        (["--json", "restart-child", "web"], "restart_child"),
+        (["--json", "signal-child", "web", "HUP"], "signal_child"),
+        (["logs", "--json", "web"], "logs"),
     ],
 )
 def test_json_prints_raw_result(daemon: FakeDaemon, argv: list[str], op: str) -> None:
@@ -336,9 +402,11 @@ def test_which_children_table(daemon: FakeDaemon) -> None:
     assert result.exit_code == 0, result.output
     assert daemon.requests == [("which_children", {"local": True, "group": "front"})]
     header, web, batch = result.stdout.splitlines()
-    assert header.split() == ["ID", "NODE", "PID", "STATE", "RESTARTS", "UPTIME", "REASON"]
-    assert web.split() == ["web", "node2", "4242", "running", "1", "1h01m", "-"]
-    assert batch.split()[:6] == ["batch-7", "-", "-", "pending", "0", "-"]
+    assert header.split() == [
+        *("ID", "NODE", "PID", "STATE", "RESTARTS", "RSS", "CPU", "UPTIME", "REASON")
+    ]
+    assert web.split() == ["web", "node2", "4242", "running", "1", "12.3M", "1.5%", "1h01m", "-"]
+    assert batch.split()[:8] == ["batch-7", "-", "-", "pending", "0", "-", "-", "-"]
     assert "no node online" in batch
 
 
@@ -378,6 +446,247 @@ def test_delete_child(daemon: FakeDaemon) -> None:
     assert result.exit_code == 0, result.output
     assert daemon.requests == [("delete_child", {"id": "web", "wait": True, "timeout": 3.0})]
     assert result.stdout == "deleted web (stopped)\n"
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [(None, "-"), (0, "0B"), (1023, "1023B"), (1536, "1.5K"), (5 * 1024**3, "5.0G")],
+)
+def test_human_bytes(size: int | None, shown: str) -> None:
+    assert ctl.human_bytes(size) == shown
+
+
+# -- groups --------------------------------------------------------------------------
+
+
+def test_create_group_sends_only_given_options(daemon: FakeDaemon) -> None:
+    result = run(
+        daemon,
+        "create-group",
+        "front",
+        "--strategy",
+        "one_for_all",
+        "--max-seconds",
+        "5",
+        "--retry-after",
+        "60",
+    )
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [
+        (
+            "create_group",
+            {
+                "spec": {
+                    "name": "front",
+                    "strategy": "one_for_all",
+                    "max_seconds": 5.0,
+                    "retry_after": 60.0,
+                }
+            },
+        )
+    ]
+    assert result.stdout == "created group front (one_for_all, 3 restarts in 5 s)\n"
+
+
+def test_create_group_all_options_and_minimal(daemon: FakeDaemon) -> None:
+    result = run(
+        daemon,
+        "create-group",
+        "g",
+        "--max-restarts",
+        "7",
+        "--restart-delay",
+        "0.5",
+        "--restart-delay-max",
+        "20",
+    )
+    assert result.exit_code == 0, result.output
+    result = run(daemon, "create-group", "h")
+    assert result.exit_code == 0, result.output
+    assert [args for _, args in daemon.requests] == [
+        {"spec": {"name": "g", "max_restarts": 7, "restart_delay": 0.5, "restart_delay_max": 20.0}},
+        {"spec": {"name": "h"}},
+    ]
+
+
+def test_create_group_bad_strategy_is_usage_error(daemon: FakeDaemon) -> None:
+    result = run(daemon, "create-group", "g", "--strategy", "all_for_none")
+    assert result.exit_code == 2
+    assert daemon.requests == []
+
+
+def test_groups_table(daemon: FakeDaemon) -> None:
+    now = time.time()
+    daemon.results["groups"] = [{**GROUP, "since": now - 42}, {**FAILED_GROUP, "since": now - 3700}]
+    result = run(daemon, "groups")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("groups", {})]
+    header, front, back = result.stdout.splitlines()
+    assert header.split() == [
+        *("GROUP", "STRATEGY", "INTENSITY", "STATE", "SINCE", "CHILDREN", "REASON")
+    ]
+    assert front.split()[:6] == ["front", "one_for_all", "3", "in", "5s", "running"]
+    assert front.split()[6:] in (["42s", "ago", "2", "-"], ["43s", "ago", "2", "-"])
+    assert back.split()[:6] == ["back", "one_for_one", "10", "in", "2.5s", "failed"]
+    assert back.split()[6:] == ["1h01m", "ago", "0", "node3:", "intensity", "reached"]
+
+
+def test_groups_empty(daemon: FakeDaemon) -> None:
+    daemon.results["groups"] = []
+    result = run(daemon, "groups")
+    assert result.exit_code == 0, result.output
+    assert "no groups" in result.stdout
+
+
+def test_delete_group(daemon: FakeDaemon) -> None:
+    result = run(daemon, "delete-group", "front")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("delete_group", {"name": "front", "force": False})]
+    assert result.stdout == "deleted group front\n"
+
+
+def test_delete_group_force_names_orphans(daemon: FakeDaemon) -> None:
+    daemon.results["delete_group"] = {
+        "name": "front",
+        "deleted": True,
+        "orphaned_children": ["api", "web"],
+    }
+    result = run(daemon, "delete-group", "front", "--force")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("delete_group", {"name": "front", "force": True})]
+    assert result.stdout == "deleted group front; 2 children wait for it to exist again: api, web\n"
+
+
+def test_delete_group_in_use_is_refused(daemon: FakeDaemon) -> None:
+    daemon.errors["delete_group"] = ("refused", "group front is used by 2 children; use --force")
+    result = run(daemon, "delete-group", "front")
+    assert result.exit_code == 1
+    assert result.stderr == "ringctl: group front is used by 2 children; use --force\n"
+
+
+def test_reset_group(daemon: FakeDaemon) -> None:
+    result = run(daemon, "reset-group", "front")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("reset_group", {"name": "front"})]
+    assert result.stdout == "group front reset: its children start again\n"
+
+
+# -- local children ------------------------------------------------------------------
+
+
+def test_terminate_child(daemon: FakeDaemon) -> None:
+    result = run(daemon, "terminate-child", "web")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("terminate_child", {"id": "web"})]
+    assert result.stdout == "terminated web on node1\n"
+
+
+def test_restart_child(daemon: FakeDaemon) -> None:
+    result = run(daemon, "restart-child", "web")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("restart_child", {"id": "web"})]
+    assert result.stdout == "restarted web on node1 (pid 4242)\n"
+
+
+@pytest.mark.parametrize(("given", "number"), [("HUP", 1), ("SIGUSR1", 10), ("15", 15)])
+def test_signal_child_passes_the_signal_through(
+    daemon: FakeDaemon, given: str, number: int
+) -> None:
+    daemon.results["signal_child"] = {**CHILD_INFO, "signal": number}
+    result = run(daemon, "signal-child", "web", given)
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("signal_child", {"id": "web", "signal": given})]
+    name = {1: "SIGHUP", 10: "SIGUSR1", 15: "SIGTERM"}[number]
+    assert result.stdout == f"sent {name} to web (pid 4242)\n"
+
+
+def test_signal_child_bad_signal_is_invalid(daemon: FakeDaemon) -> None:
+    daemon.errors["signal_child"] = ("invalid", "signal: 'NOPE' is not a signal")
+    result = run(daemon, "signal-child", "web", "NOPE")
+    assert result.exit_code == 2
+    assert result.stderr == "ringctl: signal: 'NOPE' is not a signal\n"
+
+
+def test_child_on_another_node_is_refused(daemon: FakeDaemon) -> None:
+    message = "child web runs on node node2, not node1: use that node's ringctl"
+    daemon.errors["terminate_child"] = ("refused", message)
+    result = run(daemon, "terminate-child", "web")
+    assert result.exit_code == 1
+    assert result.stderr == f"ringctl: {message}\n"
+    assert result.stdout == ""
+
+
+# -- logs ----------------------------------------------------------------------------
+
+
+def test_logs_prints_lines_raw(daemon: FakeDaemon) -> None:
+    result = run(daemon, "logs", "web", "-n", "3")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("logs", {"id": "web", "lines": 3})]
+    assert result.stdout == "[bold]not markup[/]\n\nx=1 [2]\n"
+
+
+def test_logs_default_lines(daemon: FakeDaemon) -> None:
+    result = run(daemon, "logs", "--lines", "0", "web")
+    assert result.exit_code == 0, result.output
+    result = run(daemon, "logs", "web")
+    assert result.exit_code == 0, result.output
+    assert [args for _, args in daemon.requests] == [
+        {"id": "web", "lines": 0},
+        {"id": "web", "lines": 10},
+    ]
+
+
+def test_logs_negative_lines_is_usage_error(daemon: FakeDaemon) -> None:
+    result = run(daemon, "logs", "web", "-n", "-1")
+    assert result.exit_code == 2
+    assert daemon.requests == []
+
+
+def test_logs_follow_prints_streamed_lines(daemon: FakeDaemon) -> None:
+    daemon.streams["logs_follow"] = ["one", "[red]two[/]", "", "three"]
+    result = run(daemon, "logs", "web", "-f", "-n", "2")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("logs_follow", {"id": "web", "lines": 2})]
+    assert result.stdout == "one\n[red]two[/]\n\nthree\n"
+
+
+def test_logs_follow_json_prints_one_string_per_line(daemon: FakeDaemon) -> None:
+    daemon.streams["logs_follow"] = ["one", 'say "hi"']
+    result = run(daemon, "--json", "logs", "--follow", "web")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests == [("logs_follow", {"id": "web", "lines": 10})]
+    assert [json.loads(line) for line in result.stdout.splitlines()] == ["one", 'say "hi"']
+
+
+def test_logs_follow_errors_map_like_calls(daemon: FakeDaemon) -> None:
+    daemon.errors["logs_follow"] = ("not_found", "no child named 'web'")
+    result = run(daemon, "logs", "-f", "web")
+    assert result.exit_code == 3
+    assert result.stderr == "ringctl: no child named 'web'\n"
+
+
+def test_logs_follow_unreachable() -> None:
+    path = os.path.join(tempfile.gettempdir(), "ringctl-test-no-such.sock")
+    result = run(path, "logs", "-f", "web")
+    assert result.exit_code == 4
+    assert "is ringd running?" in result.stderr
+
+
+def test_logs_follow_ctrl_c_exits_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    timeouts: list[float | None] = []
+
+    def stream(self: protocol.Client, op: str, **args: Any) -> Iterator[dict[str, Any]]:
+        timeouts.append(self.timeout)
+        yield {"id": 1, "ok": True, "event": "before"}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(protocol.Client, "stream", stream)
+    result = run("/nonexistent.sock", "logs", "-f", "web")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "before\n"
+    assert result.stderr == ""
+    assert timeouts == [None]
 
 
 def test_help_documents_exit_codes() -> None:

@@ -76,11 +76,14 @@ def test_three_daemons_run_each_child_exactly_once(cluster: Cluster, journal: Pa
     assert sorted(r["id"] for r in rows) == [f"c{i:02d}" for i in range(30)]
     assert all(r["node"] in ("n1", "n2", "n3") and r["pid"] > 0 for r in rows)
     assert {r["node"] for r in rows} == {"n1", "n2", "n3"}, "every node runs some"
+
     def placed(rows):
         return [(r["id"], r["node"], r["pid"], r["state"]) for r in rows]
 
     for other in nodes[1:]:
-        assert placed(wait_until(lambda o=other: running_rows(o, 30), 5, "same view")) == placed(rows)
+        assert placed(wait_until(lambda o=other: running_rows(o, 30), 5, "same view")) == placed(
+            rows
+        )
     # RSS and CPU figures for the children each node runs itself.
     assert all(r["rss"] > 0 for r in rows if r["node"] == "n1")
     # The processes agree with the claims: each child once, where its claim says.

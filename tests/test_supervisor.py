@@ -1,0 +1,284 @@
+"""The local supervisor with real child processes (no etcd): restart types,
+strategies, intensity and escalation, restart delay, shutdown, logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import psutil
+import pytest
+import trio
+
+from ringd.intensity import Intensity
+from ringd.spec import ChildSpec, GroupSpec
+from ringd.supervisor import Child, LocalGroup, State, Supervisor, restart_wanted
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SLEEP = ["sleep", "600"]
+
+
+class Harness:
+    def __init__(self, supervisor: Supervisor, tmp: Path) -> None:
+        self.sup = supervisor
+        self.tmp = tmp
+        self.failed_groups: list[tuple[str, str]] = []
+        supervisor.on_group_failed = lambda g, r: self.failed_groups.append((g, r))
+
+    def start(
+        self, child_id: str, argv: list[str], group: GroupSpec | None = None, **fields
+    ) -> Child:
+        spec = ChildSpec(id=child_id, argv=argv, group=group.name if group else None, **fields)
+        return self.sup.start(spec, fence=1, group=group)
+
+    def counter(self, name: str) -> list[str]:
+        """An argv that appends one line to <tmp>/<name> per start, then sleeps."""
+        return ["sh", "-c", f'echo "$$" >> {self.tmp / name}; exec sleep 600']
+
+    def starts(self, name: str) -> int:
+        path = self.tmp / name
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+async def until(predicate, timeout: float = 5.0, what: str = "condition"):
+    with trio.move_on_after(timeout):
+        while not (result := predicate()):
+            await trio.sleep(0.01)
+        return result
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+async def h(tmp_path: Path, nursery: trio.Nursery):
+    sup = Supervisor(node="n1", log_dir=tmp_path / "logs", instance="test" + str(os.getpid()))
+    await nursery.start(sup.run)
+    harness = Harness(sup, tmp_path)
+    yield harness
+    sup.kill_all()
+    for child in list(sup.children.values()):
+        if child.pid:
+            await child.exited.wait()
+
+
+def live_in_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    live = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                live.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return live
+
+
+def running_pid(child: Child) -> int | None:
+    return child.pid if child.state == State.RUNNING else None
+
+
+def test_restart_types() -> None:
+    assert restart_wanted("permanent", 0) and restart_wanted("permanent", 1)
+    assert not restart_wanted("transient", 0)
+    assert restart_wanted("transient", 1) and restart_wanted("transient", -9)
+    assert not restart_wanted("temporary", 1)
+
+
+async def test_permanent_transient_temporary(h: Harness) -> None:
+    perm = h.start(
+        "perm",
+        ["sh", "-c", f"echo x >> {h.tmp / 'perm'}; sleep 0.05; exit 0"],
+        max_restarts=100,
+        max_seconds=1,
+    )
+    trans_ok = h.start("trans-ok", ["sh", "-c", "exit 0"], restart="transient")
+    trans_bad = h.start("trans-bad", h.counter("tb"), restart="transient")
+    temp = h.start("temp", ["sh", "-c", "exit 3"], restart="temporary")
+    await until(lambda: h.starts("perm") >= 3, what="permanent restarted after a normal exit")
+    await until(lambda: trans_ok.state == State.STOPPED and temp.state == State.STOPPED)
+    assert trans_ok.restarts == 0 and trans_ok.reason == "exit status 0"
+    assert temp.restarts == 0 and temp.reason == "exit status 3"
+    # transient: a signal ringd did not send is abnormal, so it is restarted.
+    pid = await until(lambda: running_pid(trans_bad) and h.starts("tb") == 1 and trans_bad.pid)
+    os.kill(pid, signal.SIGKILL)
+    await until(lambda: h.starts("tb") == 2 and running_pid(trans_bad))
+    assert trans_bad.restarts == 1 and trans_bad.last_exit == "killed by SIGKILL"
+    # ...but one ringd stops on purpose is not.
+    await h.sup.stop("trans-bad")
+    assert "trans-bad" not in h.sup.children
+    assert perm.restarts >= 2
+
+
+@pytest.mark.parametrize(
+    ("strategy", "restarted"),
+    [("one_for_one", {"b"}), ("one_for_all", {"a", "b", "c"}), ("rest_for_one", {"b", "c"})],
+)
+async def test_strategies(h: Harness, strategy: str, restarted: set[str]) -> None:
+    group = GroupSpec(name="g", strategy=strategy, max_restarts=5, max_seconds=10)
+    children = {name: h.start(name, h.counter(name), group) for name in "abc"}
+    pids = {name: await until(lambda c=c: running_pid(c)) for name, c in children.items()}
+    await until(lambda: all(h.starts(n) == 1 for n in "abc"), what="first starts recorded")
+    os.kill(pids["b"], signal.SIGKILL)
+    await until(
+        lambda: all(h.starts(n) == (2 if n in restarted else 1) for n in "abc"),
+        what="strategy restarts",
+    )
+    await until(lambda: all(running_pid(c) for c in children.values()))
+    for name, child in children.items():
+        assert (child.pid != pids[name]) == (name in restarted), name
+        assert child.restarts == (1 if name in restarted else 0)
+
+
+async def test_one_for_all_drops_temporary_siblings(h: Harness) -> None:
+    group = GroupSpec(name="g", strategy="one_for_all", max_restarts=5, max_seconds=10)
+    temp = h.start("t", h.counter("t"), group, restart="temporary")
+    perm = h.start("p", h.counter("p"), group)
+    pid = await until(lambda: running_pid(perm))
+    await until(lambda: running_pid(temp) and h.starts("p") == h.starts("t") == 1)
+    os.kill(pid, signal.SIGKILL)
+    await until(
+        lambda: h.starts("p") == 2 and running_pid(perm),
+        what=f"p restarted: {perm.info()} {temp.info()}",
+    )
+    assert temp.state == State.STOPPED and "stopped with its group" in temp.reason
+    assert h.starts("t") == 1
+
+
+async def test_escalation_child_then_node_then_cluster(h: Harness) -> None:
+    """Step 1: restarts within the group's intensity; step 2: past it, the node level
+    restarts the whole group (2 times in 2 x max_seconds); step 3: the group fails."""
+    group = GroupSpec(name="g", strategy="one_for_one", max_restarts=1, max_seconds=30)
+    steady = h.start("steady", h.counter("steady"), group)
+    crashy = h.start("crashy", ["sh", "-c", f"echo x >> {h.tmp / 'crashy'}; exit 1"], group)
+    await until(lambda: h.failed_groups, timeout=10, what="group failure")
+    # Each round: the first run and 1 restart; the node level adds 2 more rounds.
+    assert h.starts("crashy") == 6
+    # The steady child was torn down and started fresh with its group at each step 2.
+    assert h.starts("steady") == 3
+    assert h.sup.groups["g"].node_restarts == 2
+    ((name, reason),) = h.failed_groups
+    assert name == "g"
+    assert "node-level intensity (2 in 60 s)" in reason and "crashy: exit status 1" in reason
+    assert crashy.state == State.FAILED and steady.state == State.FAILED
+    assert steady.pid is None, "a failed group's children are stopped"
+
+
+async def test_solo_child_fails_past_its_intensity(h: Harness) -> None:
+    child = h.start(
+        "solo", ["sh", "-c", f"echo x >> {h.tmp / 'solo'}; exit 2"], max_restarts=2, max_seconds=30
+    )
+    await until(lambda: child.state == State.FAILED, what="solo failed")
+    assert h.starts("solo") == 3 and child.restarts == 2
+    assert (
+        child.reason == "restart intensity exceeded (2 restarts in 30 s); last: solo: exit status 2"
+    )
+    assert h.failed_groups == []
+
+
+def test_restart_delay_doubles_up_to_its_cap() -> None:
+    group = LocalGroup(
+        GroupSpec(name="g", max_restarts=10, max_seconds=60, restart_delay=0.5, restart_delay_max=3)
+    )
+    delays = []
+    for t in range(6):
+        group.intensity.allow(float(t))
+        delays.append(group.delay())
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+    assert LocalGroup(GroupSpec(name="h")).delay() == 0.0  # OTP default: immediate
+
+
+async def test_restart_delay_is_applied(h: Harness) -> None:
+    group = GroupSpec(
+        name="g", max_restarts=10, max_seconds=60, restart_delay=0.2, restart_delay_max=0.4
+    )
+    path = h.tmp / "times"
+    child = h.start("slow", ["sh", "-c", f"date +%s.%N >> {path}; exit 1"], group)
+    await until(lambda: child.state == State.BACKOFF, what="backoff state")
+    await until(lambda: path.exists() and len(path.read_text().split()) >= 4, timeout=5)
+    times = [float(t) for t in path.read_text().split()]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.4, gaps
+
+
+async def test_stop_escalates_to_sigkill_and_signals_the_group(h: Harness) -> None:
+    stubborn = h.start(
+        "stubborn", ["sh", "-c", "trap '' TERM; sleep 600 & wait; sleep 600"], stop_timeout=0.3
+    )
+    pid = await until(lambda: running_pid(stubborn))
+    await trio.sleep(0.1)  # let the shell set its trap
+    started = time.monotonic()
+    await h.sup.stop("stubborn")
+    assert 0.3 <= time.monotonic() - started < 3
+    await until(lambda: not live_in_group(pid), timeout=2, what="its process group empty")
+
+
+async def test_shutdown_stops_in_reverse_start_order(h: Harness) -> None:
+    journal = h.tmp / "journal"
+    journal.mkdir()
+    child_py = str((__import__("pathlib").Path(__file__).with_name("child.py")))
+    for name in ("first", "second", "third"):
+        h.start(name, [sys.executable, child_py, str(journal)])
+    await until(lambda: len(list(journal.iterdir())) == 3, what="children started")
+    await h.sup.stop_all()
+    stops = sorted(
+        (float(line.split()[4]), line.split()[1])
+        for path in journal.iterdir()
+        for line in path.read_text().splitlines()
+        if line.startswith("stop")
+    )
+    assert [name for _, name in stops] == ["third", "second", "first"]
+
+
+async def test_terminate_then_restart(h: Harness) -> None:
+    child = h.start("t", h.counter("t"))
+    await until(lambda: running_pid(child) and h.starts("t") == 1)
+    await h.sup.terminate("t")
+    assert child.state == State.STOPPED and child.terminated and child.pid is None
+    await trio.sleep(0.1)
+    assert h.starts("t") == 1, "a terminated child stays stopped"
+    await h.sup.restart("t")
+    await until(lambda: running_pid(child) and h.starts("t") == 2)
+    assert not child.terminated
+
+
+async def test_cannot_start_is_failed_with_reason(h: Harness) -> None:
+    child = h.start("ghost", ["/nonexistent/program"])
+    assert child.state == State.FAILED
+    assert "cannot start '/nonexistent/program'" in child.reason
+
+
+async def test_log_rotation_keeps_the_bound(tmp_path: Path, nursery: trio.Nursery) -> None:
+    bound = 64 * 1024
+    sup = Supervisor(
+        node="n1", log_dir=tmp_path / "logs", instance="rot", log_max_bytes=bound, log_backups=2
+    )
+    await nursery.start(sup.run)
+    code = "import sys\nfor i in range(40000): sys.stdout.write(f'line {i:06d} ' + 'x' * 20 + '\\n')\nsys.stdout.flush()"
+    child = sup.start(
+        ChildSpec(id="chatty", argv=[sys.executable, "-c", code], restart="temporary"), fence=1
+    )
+    biggest = 0
+    with trio.fail_after(20):
+        while (
+            child.state != State.STOPPED or (tmp_path / "logs" / "chatty.log").stat().st_size == 0
+        ):
+            for path in (tmp_path / "logs").glob("chatty.log*"):
+                biggest = max(biggest, path.stat().st_size)
+            await trio.sleep(0.005)
+        await trio.sleep(0.3)  # the pump drains the pipe after the exit
+    files = sorted(p.name for p in (tmp_path / "logs").glob("chatty.log*"))
+    assert files == ["chatty.log", "chatty.log.1", "chatty.log.2"]
+    sizes = [(tmp_path / "logs" / f).stat().st_size for f in files]
+    assert max(sizes + [biggest]) <= bound
+    assert (
+        (tmp_path / "logs" / "chatty.log").read_text().rstrip().endswith("line 039999 " + "x" * 20)
+    )
+
+
+def test_intensity_window_is_exact() -> None:
+    window = Intensity(1, 1.0)
+    assert window.allow(0.0) and not window.allow(1.0) and window.allow(1.01)
