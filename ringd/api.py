@@ -133,6 +133,11 @@ class Api:
             "children_total": len(self.view.by_kind("children")),
             "children_local": states,
             "revision": self.view.revision,
+            "groups_failed": {
+                name: f"{record.node}: {record.reason}"
+                for name, (record, _) in self.reconciler.groups().items()
+                if record.state == "failed"
+            },
         }
 
     async def start_child(self, args: dict[str, Any]) -> dict[str, Any]:
