@@ -167,6 +167,12 @@ class Reconciler:
                     with trio.move_on_after(1.0):
                         await self._wake.wait()
                     continue
+                except Exception:
+                    # A bug must not take the node's children down with the daemon:
+                    # log it loudly and try again from the current state.
+                    logger.exception("reconcile failed; retrying in 1 s")
+                    await trio.sleep(1.0)
+                    continue
                 wait = min(self.resync_interval, max(self._next_retry - time.time(), 0.05))
                 self._next_retry = math.inf
                 with trio.move_on_after(wait):

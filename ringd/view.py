@@ -7,19 +7,35 @@ and a periodic full re-list catches anything a watch could have missed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .errors import EtcdUnavailable, WatchBroken
+from .etcd import KV
 
 if TYPE_CHECKING:
-    from .etcd import KV, Etcd, Event
+    from collections.abc import Iterator
+
+    from .etcd import Etcd, Event
     from .keys import Keys
 
 logger = logging.getLogger(__name__)
+_EMPTY: dict[str, KV] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One key changed: ``kv`` is the new value (for a delete, the last one known) and
+    ``previous`` what the view held before (None if the key is new)."""
+
+    kind: str  # "put" | "delete"
+    kv: KV
+    previous: KV | None
 
 
 class ClusterView:
@@ -39,17 +55,53 @@ class ClusterView:
         self.revision = 0
         self.version = 0  # bumped on every change; see wait_changed
         self._changed = trio.Event()
+        self._index: dict[tuple[str, str], dict[str, KV]] = {}
+        self._subscribers: set[trio.MemorySendChannel[Change]] = set()
 
     # -- reading ----------------------------------------------------------------------
 
     def by_kind(self, kind: str, sub: str = "") -> dict[str, KV]:
-        """``{name: kv}`` for one kind of key (``children``, ``claims``, ``nodes``+``alive``)."""
-        out: dict[str, KV] = {}
-        for key, kv in self.kvs.items():
-            parsed = self.keys.parse(key)
-            if parsed and parsed[0] == kind and parsed[2] == sub:
-                out[parsed[1]] = kv
-        return out
+        """``{name: kv}`` for one kind of key (``children``, ``claims``, ``nodes``+``alive``).
+
+        A copy: callers iterate it across awaits while the view changes.
+        """
+        return dict(self._index.get((kind, sub), _EMPTY))
+
+    def _put(self, kv: KV) -> KV | None:
+        previous = self.kvs.get(kv.key)
+        self.kvs[kv.key] = kv
+        if parsed := self.keys.parse(kv.key):
+            self._index.setdefault((parsed[0], parsed[2]), {})[parsed[1]] = kv
+        return previous
+
+    def _delete(self, key: str) -> KV | None:
+        previous = self.kvs.pop(key, None)
+        if (parsed := self.keys.parse(key)) and (bucket := self._index.get((parsed[0], parsed[2]))):
+            bucket.pop(parsed[1], None)
+        return previous
+
+    @contextlib.contextmanager
+    def subscribe(self, buffer: int = 10_000) -> Iterator[trio.MemoryReceiveChannel[Change]]:
+        """Every change, in etcd's order, from now on (a re-list sends the differences).
+
+        A subscriber more than ``buffer`` changes behind is dropped: its channel closes.
+        """
+        send, receive = trio.open_memory_channel[Change](buffer)
+        self._subscribers.add(send)
+        try:
+            yield receive
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+
+    def _publish(self, change: Change) -> None:
+        for send in list(self._subscribers):
+            try:
+                send.send_nowait(change)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                logger.warning("dropping a subscriber that fell behind")
+                self._subscribers.discard(send)
+                send.close()
 
     async def wait_changed(self, seen: int) -> int:
         """Wait until ``version`` differs from ``seen``; return the new version."""
@@ -66,16 +118,24 @@ class ClusterView:
 
     async def _relist(self) -> None:
         revision, kvs = await self.etcd.list(self.keys.prefix)
-        self.kvs = {kv.key: kv for kv in kvs}
+        fresh = {kv.key: kv for kv in kvs}
+        # What a watch would have told us, had it not broken.
+        for key in [k for k in self.kvs if k not in fresh]:
+            previous = self._delete(key)
+            assert previous is not None
+            self._publish(Change("delete", previous, previous))
+        for key, kv in fresh.items():
+            if self.kvs.get(key) != kv:
+                self._publish(Change("put", kv, self._put(kv)))
         self.revision = revision
         self._bump()
 
     async def _apply(self, events: list[Event], revision: int) -> None:
         for event in events:
             if event.kind == "delete":
-                self.kvs.pop(event.kv.key, None)
+                self._publish(Change("delete", event.kv, self._delete(event.kv.key)))
             else:
-                self.kvs[event.kv.key] = event.kv
+                self._publish(Change("put", event.kv, self._put(event.kv)))
         self.revision = max(self.revision, revision)
         self._bump()
 

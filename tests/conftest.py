@@ -43,7 +43,8 @@ def short_tmp() -> Iterator[Path]:
     """A short directory (Unix socket paths are limited to ~107 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("RINGD_TEST_KEEP"):  # keep daemon logs for a post-mortem
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
