@@ -529,17 +529,27 @@ def logs(client: Client, child_id: str, lines: int, follow: bool) -> None:
 def follow_logs(client: Client, child_id: str, lines: int) -> None:
     """Echo the ``logs_follow`` stream until the daemon closes it or Ctrl-C."""
     as_json = click.get_current_context().meta.get(JSON_KEY)
-    client.timeout = None  # a quiet child may write nothing for hours
+    stream_events(
+        client,
+        lambda line: click.echo(json.dumps(line) if as_json else line),
+        "logs_follow",
+        id=child_id,
+        lines=lines,
+    )
+
+
+def stream_events(client: Client, show: Any, op: str, **args: Any) -> None:
+    """Show every event of a streaming op until the daemon closes it or Ctrl-C."""
+    client.timeout = None  # a quiet stream may say nothing for hours
     try:
-        with contextlib.closing(client.stream("logs_follow", id=child_id, lines=lines)) as replies:
+        with contextlib.closing(client.stream(op, **args)) as replies:
             while True:
                 # Only the daemon's side maps to daemon errors: a closed stdout is not one.
                 with daemon_errors(client):
                     reply = next(replies, None)
                 if reply is None:
                     return
-                line = reply.get("event")
-                click.echo(json.dumps(line) if as_json else line)
+                show(reply.get("event"))
     except KeyboardInterrupt:
         return
     except BrokenPipeError:  # e.g. `ringctl logs -f web | head`
@@ -753,3 +763,90 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- membership ----------------------------------------------------------------------
+
+
+@cli.command("drain")
+@click.argument("node", metavar="N")
+@click.option("--wait", is_flag=True, help="Return only once its children have moved away.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="How long --wait waits.",
+)
+@json_option
+@pass_client
+def drain(client: Client, node: str, wait: bool, timeout: float) -> None:
+    """Take node N out of the ring while it stays online: its children move away."""
+    if wait:
+        client.timeout = max(client.timeout or 0, timeout + REPLY_MARGIN)
+    result = call(client, "drain", node=node, wait=wait, timeout=timeout)
+    emit(
+        result,
+        lambda r: one_line(
+            f"draining {r['node']}" + (" (its children have moved)" if wait else "")
+        ),
+    )
+
+
+@cli.command("undrain")
+@click.argument("node", metavar="N")
+@json_option
+@pass_client
+def undrain(client: Client, node: str) -> None:
+    """Put node N back in the ring: children move back to it."""
+    result = call(client, "undrain", node=node)
+    emit(result, lambda r: one_line(f"{r['node']} is back in the ring"))
+
+
+@cli.command("forget-node")
+@click.argument("node", metavar="N")
+@json_option
+@pass_client
+def forget_node(client: Client, node: str) -> None:
+    """Remove offline node N from the node list (an online node cannot be forgotten)."""
+    result = call(client, "forget_node", node=node)
+    emit(result, lambda r: one_line(f"forgot {r['node']}"))
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    kind = event.get("kind")
+    if kind == "node":
+        reason = f" ({event['reason']})" if event.get("reason") else ""
+        return f"node {event['node']}: {event['old_status']} -> {event['status']}{reason}"
+    if kind == "child":
+        where = f" on {event['node']}" if event.get("node") else ""
+        pid = f" pid {event['pid']}" if event.get("pid") else ""
+        return f"child {event['id']}: {event.get('state') or event['event']}{where}{pid}"
+    if kind == "spec":
+        return f"spec {event['id']} {event['event']}"
+    if kind == "group":
+        reason = f" ({event['reason']})" if event.get("reason") else ""
+        return f"group {event['name']}: {event.get('state') or event['event']}{reason}"
+    return json.dumps(event)
+
+
+@cli.command("watch")
+@click.argument("what", type=click.Choice(["nodes", "children", "all"]), default="all")
+@json_option
+@pass_client
+def watch(client: Client, what: str) -> None:
+    """Stream changes as they happen: node_update events, children, or all.
+
+    One JSON object per line with --json; a timestamped line per change otherwise.
+    """
+    as_json = click.get_current_context().meta.get(JSON_KEY)
+
+    def show(event: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(event))
+        else:
+            line = f"{time.strftime('%H:%M:%S')} {describe_event(event or {})}"
+            console.print(escape(line), highlight=False, soft_wrap=True)
+
+    stream_events(client, show, "watch", what=what)

@@ -6,6 +6,7 @@ the reply says they succeeded.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import trio
 from . import __version__
 from .errors import AlreadyExists, InvalidSpec, NotFound, Refused, TimedOut
 from .membership import decode
+from .hooks import child_update, node_update
 from .logs import tail
 from .spec import NAME_PATTERN, GroupRecord, encode, parse_child, parse_group, signal_number
 
@@ -93,10 +95,13 @@ class Api:
             "restart_child": self.restart_child,
             "signal_child": self.signal_child,
             "logs": self.logs,
+            "drain": self.drain,
+            "undrain": self.undrain,
+            "forget_node": self.forget_node,
         }
 
     def streams(self) -> dict[str, Callable[[dict[str, Any]], AsyncIterator[Any]]]:
-        return {"logs_follow": self.logs_follow}
+        return {"logs_follow": self.logs_follow, "watch": self.watch}
 
     async def _wait_for(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
         seen = -1
@@ -277,8 +282,9 @@ class Api:
         alive = self.view.by_kind("nodes", "alive")
         statuses = self.view.by_kind("nodes", "status")
         claims = [decode(kv).get("node") for kv in self.view.by_kind("claims").values()]
+        drains = self.view.by_kind("nodes", "drain")
         rows = []
-        for node in sorted(alive.keys() | statuses.keys()):
+        for node in sorted(alive.keys() | statuses.keys() | drains.keys()):
             info = decode(alive.get(node))
             row = decode(statuses.get(node))
             rows.append(
@@ -290,7 +296,7 @@ class Api:
                     "alive": node in alive,
                     "host": info.get("host"),
                     "pid": info.get("pid"),
-                    "draining": bool(info.get("draining")),
+                    "draining": node in drains,
                     "children": claims.count(node),
                 }
             )
@@ -420,3 +426,61 @@ class Api:
             *complete, partial = (partial + data).split(b"\n")
             for line in complete:
                 yield line.decode(errors="replace")
+
+    # -- membership -------------------------------------------------------------------
+
+    def _known_node(self, args: dict[str, Any]) -> str:
+        node = _name(args, "node")
+        if node not in self.view.by_kind("nodes", "alive") and node not in self.view.by_kind(
+            "nodes", "status"
+        ):
+            raise NotFound("node", node)
+        return node
+
+    async def drain(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Take a node out of the ring while it stays online: its children move away."""
+        node = self._known_node(args)
+        value = json.dumps({"since": time.time(), "by": self.config.name}).encode()
+        await self.etcd.put(self.keys.drain(node), value)
+        if args.get("wait"):
+            await self._wait_for(
+                lambda: (
+                    not any(
+                        decode(kv).get("node") == node
+                        for kv in self.view.by_kind("claims").values()
+                    )
+                ),
+                _timeout(args),
+                f"node {node} drained",
+            )
+        return {"node": node, "draining": True}
+
+    async def undrain(self, args: dict[str, Any]) -> dict[str, Any]:
+        node = self._known_node(args)
+        await self.etcd.delete(self.keys.drain(node))
+        return {"node": node, "draining": False}
+
+    async def forget_node(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Remove an offline node's tracker row (it stays listed until then)."""
+        node = self._known_node(args)
+        if node in self.view.by_kind("nodes", "alive"):
+            raise Refused(f"node {node} is online: only an offline node can be forgotten")
+        await self.etcd.delete(self.keys.status(node))
+        await self.etcd.delete(self.keys.drain(node))
+        return {"node": node, "forgotten": True}
+
+    async def watch(self, args: dict[str, Any]) -> AsyncIterator[Any]:
+        """Stream node_update and child events as they happen (``what``: nodes, children, all)."""
+        what = args.get("what", "all")
+        if what not in ("nodes", "children", "all"):
+            raise InvalidSpec("what", "must be nodes, children or all")
+        with self.view.subscribe() as changes:
+            async for change in changes:
+                event = None
+                if what in ("nodes", "all"):
+                    event = node_update(change, self.keys)
+                if event is None and what in ("children", "all"):
+                    event = child_update(change, self.keys)
+                if event is not None:
+                    event["revision"] = change.kv.mod_revision
+                    yield event

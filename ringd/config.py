@@ -48,6 +48,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     resync_interval: Seconds = 30.0
     shutdown_grace: Seconds = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Executables run on every status change of another node (see ringd.toml(5)).
+    hooks_dir: str | None = None
+    hook_timeout: Seconds = 10.0
     # Each child's output: <state_dir>/logs/<id>.log, rotated at this size.
     child_log_max_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 10 << 20
     child_log_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3

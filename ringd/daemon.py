@@ -16,6 +16,7 @@ from .control import ControlServer
 from .errors import EtcdUnavailable
 from .etcd import TLS, Etcd
 from .guard import Guard
+from .hooks import Hooks
 from .keys import Keys
 from .membership import Membership
 from .reconciler import Reconciler
@@ -110,6 +111,16 @@ async def _serve(config: Config, endpoints: list[str]) -> None:
                 await nursery.start(membership.run)
                 await nursery.start(reconciler.run)
                 await nursery.start(control.run)
+                if config.hooks_dir:
+                    hooks = Hooks(
+                        directory=config.hooks_dir,
+                        timeout=config.hook_timeout,
+                        node=config.name,
+                        cluster=config.cluster,
+                        view=view,
+                        keys=keys,
+                    )
+                    await nursery.start(hooks.run)
                 logger.info(
                     "ringd %s ready: node %s, cluster %s, socket %s",
                     os.getpid(), config.name, config.cluster, config.socket,

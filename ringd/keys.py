@@ -17,6 +17,9 @@ class Keys:
     def status(self, node: str) -> str:
         return f"{self.prefix}nodes/{node}/status"
 
+    def drain(self, node: str) -> str:
+        return f"{self.prefix}nodes/{node}/drain"
+
     def child(self, child_id: str) -> str:
         return f"{self.prefix}children/{child_id}"
 

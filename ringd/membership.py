@@ -88,6 +88,7 @@ class Membership:
         self.leaving = False
         self.changed = trio.Event()  # set (and replaced) when registration changes
         self._registered_once = False
+        self._fence_reason = ""
 
     # -- state ------------------------------------------------------------------------
 
@@ -122,7 +123,6 @@ class Membership:
                 "instance": self.instance,
                 "version": __version__,
                 "labels": {},
-                "draining": False,
                 "started": now_rfc3339(),
                 "lease": self.lease_id,
             }
@@ -178,7 +178,10 @@ class Membership:
             break
         status_kv = await self.etcd.get(self.keys.status(self.node))
         previous = decode(status_kv)
-        if previous.get("status") == "online":
+        if self._fence_reason:
+            reason = f"rejoined after being fenced ({self._fence_reason})"
+            self._fence_reason = ""
+        elif previous.get("status") == "online":
             reason = "restarted (the previous daemon ended without leaving)"
         elif self._registered_once:
             reason = "rejoined"
@@ -227,6 +230,7 @@ class Membership:
             return
         logger.error("fencing node %s: %s; killing its children", self.node, reason)
         self.fenced = True
+        self._fence_reason = reason
         self.on_fence(reason)
         self._notify()
 

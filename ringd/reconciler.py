@@ -70,11 +70,9 @@ class Reconciler:
 
     def ring(self) -> Ring:
         """The ring over the online, non-draining nodes (cached while they do not change)."""
-        nodes = {
-            name
-            for name, kv in self.view.by_kind("nodes", "alive").items()
-            if not decode(kv).get("draining")
-        }
+        nodes = (
+            self.view.by_kind("nodes", "alive").keys() - self.view.by_kind("nodes", "drain").keys()
+        )
         if nodes != self._ring.nodes:
             self._ring = Ring(nodes)
         return self._ring

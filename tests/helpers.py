@@ -76,6 +76,7 @@ class Daemon:
         self.state_dir = base / name
         self.process: subprocess.Popen[bytes] | None = None
         self.log = base / f"{name}.log"
+        self.extra_args: list[str] = []
 
     @property
     def client(self) -> Client:
@@ -93,6 +94,7 @@ class Daemon:
             "--socket", self.socket,
             "--state-dir", str(self.state_dir),
             "--lease-ttl", str(self.ttl),
+            *self.extra_args,
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)

@@ -1,0 +1,168 @@
+"""node_update: what changed about a node, for ``ringctl watch`` and for hooks.
+
+Hooks are the executables in ``hooks_dir``. Each runs on every change of another
+node's status row (not this node's own), in the order the changes happened, as
+``HOOK NODE NEW_STATUS OLD_STATUS`` with the same facts in its environment. A hook
+that fails, hangs past ``hook_timeout`` or cannot run is logged and forgotten:
+it never disturbs the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .membership import decode
+
+if TYPE_CHECKING:
+    from .keys import Keys
+    from .view import Change, ClusterView
+
+logger = logging.getLogger(__name__)
+
+
+def node_update(change: Change, keys: Keys) -> dict[str, Any] | None:
+    """The node_update event for a change of a ``nodes/<n>/status`` row, else None."""
+    parsed = keys.parse(change.kv.key)
+    if parsed is None or parsed[0] != "nodes" or parsed[2] != "status":
+        return None
+    new = decode(change.kv) if change.kind == "put" else {}
+    old = decode(change.previous) if change.previous is not None else {}
+    if change.kind == "put" and new == old:
+        return None
+    return {
+        "kind": "node",
+        "node": parsed[1],
+        "status": new.get("status", "forgotten"),
+        "old_status": old.get("status", "none"),
+        "reason": new.get("reason", ""),
+        "last_change": new.get("last_change"),
+    }
+
+
+def child_update(change: Change, keys: Keys) -> dict[str, Any] | None:
+    """A change of a child's spec, claim or group, as a watch event."""
+    parsed = keys.parse(change.kv.key)
+    if parsed is None:
+        return None
+    kind, name, _ = parsed
+    deleted = change.kind == "delete"
+    if kind == "children":
+        event = "deleted" if deleted else ("changed" if change.previous else "created")
+        return {"kind": "spec", "id": name, "event": event}
+    if kind == "claims":
+        claim = {} if deleted else decode(change.kv)
+        return {
+            "kind": "child",
+            "id": name,
+            "event": "released"
+            if deleted
+            else ("claimed" if change.previous is None else "updated"),
+            # A delete carries no value: the node is the one that held the claim.
+            "node": (decode(change.previous) if deleted else claim).get("node"),
+            "pid": claim.get("pid"),
+            "state": claim.get("state", "released" if deleted else None),
+            "restarts": claim.get("restarts"),
+        }
+    if kind == "groups":
+        record = {} if deleted else decode(change.kv)
+        return {
+            "kind": "group",
+            "name": name,
+            "event": "deleted" if deleted else "changed",
+            "state": record.get("state"),
+            "reason": record.get("reason", ""),
+        }
+    return None
+
+
+class Hooks:
+    """Runs the hook executables on node_update events of other nodes, in order."""
+
+    def __init__(
+        self,
+        *,
+        directory: str,
+        timeout: float,
+        node: str,
+        cluster: str,
+        view: ClusterView,
+        keys: Keys,
+    ) -> None:
+        self.directory = Path(directory)
+        self.timeout = timeout
+        self.node = node
+        self.cluster = cluster
+        self.view = view
+        self.keys = keys
+
+    def executables(self) -> list[Path]:
+        try:
+            entries = sorted(self.directory.iterdir())
+        except OSError as exc:
+            logger.warning("hooks_dir %s: %s", self.directory, exc.strerror or exc)
+            return []
+        return [
+            p
+            for p in entries
+            if p.is_file() and os.access(p, os.X_OK) and not p.name.startswith(".")
+        ]
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with self.view.subscribe() as changes:
+            task_status.started()
+            async for change in changes:
+                event = node_update(change, self.keys)
+                if event is not None and event["node"] != self.node:
+                    for hook in self.executables():
+                        await self._run(hook, event)
+
+    async def _run(self, hook: Path, event: dict[str, Any]) -> None:
+        env = dict(
+            os.environ,
+            RINGD_HOOK_NODE=event["node"],
+            RINGD_HOOK_STATUS=event["status"],
+            RINGD_HOOK_OLD_STATUS=event["old_status"],
+            RINGD_HOOK_REASON=event["reason"],
+            RINGD_HOOK_LAST_CHANGE=event["last_change"] or "",
+            RINGD_HOOK_CLUSTER=self.cluster,
+            RINGD_HOOK_SELF=self.node,
+        )
+        argv = [str(hook), event["node"], event["status"], event["old_status"]]
+        try:
+            with trio.move_on_after(self.timeout) as scope:
+                result = await trio.run_process(
+                    argv,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+        except OSError as exc:
+            logger.warning("hook %s could not run: %s", hook.name, exc.strerror or exc)
+            return
+        if scope.cancelled_caught:
+            logger.warning(
+                "hook %s (%s %s) killed after %g s",
+                hook.name,
+                event["node"],
+                event["status"],
+                self.timeout,
+            )
+            return
+        for line in (result.stdout + result.stderr).decode(errors="replace").splitlines():
+            logger.info("hook %s: %s", hook.name, line)
+        if result.returncode != 0:
+            logger.warning(
+                "hook %s (%s %s) exited with status %d",
+                hook.name,
+                event["node"],
+                event["status"],
+                result.returncode,
+            )

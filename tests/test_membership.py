@@ -1,0 +1,162 @@
+"""Membership features against real daemons: drain/undrain, forget-node, the watch
+stream, and node_update hooks."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ringd.protocol import Client, RemoteError
+
+from .helpers import wait_until
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .conftest import Cluster
+
+
+def start_children(cluster: Cluster, node, n: int) -> None:
+    env = {"TEST_CLUSTER": cluster.name}
+    for i in range(n):
+        node.call("start_child", spec={"id": f"c{i:02d}", "argv": ["sleep", "600"], "env": env})
+
+
+def placement(node) -> dict[str, str] | None:
+    rows = node.call("which_children")
+    if all(r["state"] == "running" for r in rows):
+        return {r["id"]: r["node"] for r in rows}
+    return None
+
+
+def test_drain_moves_children_away_and_undrain_brings_them_back(cluster: Cluster) -> None:
+    a, b = cluster.daemon("a"), cluster.daemon("b")
+    start_children(cluster, a, 12)
+    before = wait_until(lambda: (p := placement(a)) and len(p) == 12 and p, 15, "12 running")
+    assert set(before.values()) == {"a", "b"}
+    assert a.call("drain", node="b", wait=True, timeout=15) == {"node": "b", "draining": True}
+    after = wait_until(lambda: (p := placement(a)) and set(p.values()) == {"a"} and p, 15, "all on a")
+    assert len(after) == 12
+    row = next(n for n in a.call("nodes") if n["node"] == "b")
+    assert row["status"] == "online" and row["draining"] and row["children"] == 0
+    a.call("undrain", node="b")
+    back = wait_until(lambda: (p := placement(a)) and p == before and p, 15, "back as before")
+    assert back == before
+    with pytest.raises(RemoteError) as info:
+        a.call("drain", node="nope")
+    assert info.value.code == "not_found"
+
+
+def test_forget_node_only_when_offline(cluster: Cluster) -> None:
+    a, b = cluster.daemon("a"), cluster.daemon("b")
+    with pytest.raises(RemoteError) as info:
+        a.call("forget_node", node="b")
+    assert info.value.code == "refused" and "online" in info.value.message
+    assert b.stop() == 0
+    wait_until(lambda: any(n["node"] == "b" and n["status"] == "offline" for n in a.call("nodes")), 10, "b offline")
+    assert a.call("forget_node", node="b") == {"node": "b", "forgotten": True}
+    assert [n["node"] for n in a.call("nodes")] == ["a"]
+
+
+def test_watch_streams_node_and_child_events_in_order(cluster: Cluster) -> None:
+    a = cluster.daemon("a")
+    events: list[dict] = []
+    ready = threading.Event()
+
+    def reader() -> None:
+        stream = Client(a.socket, timeout=30).stream("watch", what="all")
+        ready.set()
+        for reply in stream:
+            events.append(reply["event"])
+            if reply["event"].get("node") == "b" and reply["event"].get("status") == "offline":
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    ready.wait(5)
+    wait_until(lambda: True, 0.3, "")  # let the subscription attach
+    b = cluster.daemon("b")
+    a.call("start_child", spec={"id": "w", "argv": ["sleep", "600"], "env": {"TEST_CLUSTER": cluster.name}})
+    wait_until(lambda: any(e.get("kind") == "child" and e.get("state") == "running" for e in events), 10, "child running event")
+    assert b.stop() == 0
+    thread.join(15)
+    assert not thread.is_alive()
+    nodes = [(e["node"], e["status"], e["old_status"]) for e in events if e["kind"] == "node"]
+    assert nodes[0] == ("b", "online", "none")
+    assert nodes[-1] == ("b", "offline", "online")
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("spec") < kinds.index("child")
+    revisions = [e["revision"] for e in events]
+    assert revisions == sorted(revisions), "delivered in etcd's order"
+
+
+HOOK = """#!/bin/sh
+echo "$1 $2 $3 $RINGD_HOOK_NODE $RINGD_HOOK_STATUS $RINGD_HOOK_OLD_STATUS" >> {out}
+echo "hook saw $1 $2"
+"""
+
+
+def test_hooks_run_in_order_for_other_nodes_and_failures_do_not_disturb(cluster: Cluster, short_tmp: Path) -> None:
+    hooks = short_tmp / "hooks"
+    hooks.mkdir()
+    out = short_tmp / "hook.out"
+    good = hooks / "10-record"
+    good.write_text(HOOK.format(out=out))
+    bad = hooks / "20-fail"
+    bad.write_text("#!/bin/sh\nexit 7\n")
+    slow = hooks / "30-hang"
+    hung_pids = short_tmp / "hung.pids"
+    slow.write_text(f"#!/bin/sh\necho $$ >> {hung_pids}\nexec sleep 600\n")
+    (hooks / "40-not-executable").write_text("#!/bin/sh\necho never >> {out}\n")
+    for path in (good, bad, slow):
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    config = short_tmp / "a.toml"
+    config.write_text(f'hooks_dir = "{hooks}"\nhook_timeout = 0.5\n')
+    a = cluster.daemon("a", start=False)
+    a.extra_args = ["--config", str(config)]
+    a.start()
+    b = cluster.daemon("b")
+    assert b.stop() == 0
+    c = cluster.daemon("c")
+    c.kill()
+
+    def lines():
+        return out.read_text().splitlines() if out.exists() else []
+
+    wait_until(lambda: len(lines()) >= 4, 20, "four node changes seen by the hook")
+    seen = [line.split() for line in lines()]
+    assert [s[:3] for s in seen] == [
+        ["b", "online", "none"],
+        ["b", "offline", "online"],
+        ["c", "online", "none"],
+        ["c", "offline", "online"],
+    ]
+    assert all(s[:3] == s[3:] for s in seen), "the same facts in argv and environment"
+    assert not any(s[0] == "a" for s in seen), "not for its own changes"
+    log = a.log.read_text()
+    assert "hook 10-record: hook saw b offline" in log
+    assert "hook 20-fail (b offline) exited with status 7" in log
+    assert "hook 30-hang (b offline) killed after 0.5 s" in log
+    assert a.call("ping")["node"] == "a"
+    # The hung hooks were killed, not left behind.
+    for pid in map(int, hung_pids.read_text().split()):
+        wait_until(lambda pid=pid: not _alive(pid), 5, f"hung hook {pid} killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_status_row_json_is_what_nodes_shows(cluster: Cluster) -> None:
+    a = cluster.daemon("a")
+    (row,) = a.call("nodes")
+    assert row["status"] == "online" and row["reason"] == "joined" and row["alive"]
+    json.dumps(row)
