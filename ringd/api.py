@@ -21,6 +21,7 @@ from .errors import AlreadyExists, InvalidSpec, NotFound, Refused, TimedOut
 from .membership import decode
 from .hooks import child_update, node_update
 from .logs import tail
+from .placement import instance_key
 from .spec import NAME_PATTERN, GroupRecord, encode, parse_child, parse_group, signal_number
 
 if TYPE_CHECKING:
@@ -138,6 +139,8 @@ class Api:
             "children_total": len(self.view.by_kind("children")),
             "children_local": states,
             "revision": self.view.revision,
+            "moves_pending": self.reconciler.moves_pending,
+            "labels": self.config.labels,
             "groups_failed": {
                 name: f"{record.node}: {record.reason}"
                 for name, (record, _) in self.reconciler.groups().items()
@@ -177,36 +180,59 @@ class Api:
             )
         return {"id": child_id, "deleted": True}
 
-    def _row(self, child_id: str, spec_kv: Any, claim_kv: Any) -> dict[str, Any]:
+    def _rows(
+        self, child_id: str, spec_kv: Any, placed: dict[str, list[Any]]
+    ) -> list[dict[str, Any]]:
+        """One row per instance of a child (the master's first), from the claims."""
         spec = decode(spec_kv)
-        claim = decode(claim_kv)
-        row = {
-            "id": child_id,
-            "group": spec.get("group"),
-            "restart": spec.get("restart", "permanent"),
-            "node": claim.get("node"),
-            "pid": claim.get("pid"),
-            "state": claim.get("state", "pending") if claim_kv is not None else "pending",
-            "restarts": claim.get("restarts", 0),
-            "started": claim.get("started"),
-            "reason": claim.get("reason", ""),
-            "fence": claim_kv.create_revision if claim_kv is not None else None,
-            "rss": None,
-            "cpu": None,
-        }
-        if claim_kv is None:
-            specs = self.reconciler.specs()
-            if child_id not in specs:
-                row["state"], row["reason"] = (
-                    "invalid",
-                    "the spec in etcd is not valid (see the daemon log)",
-                )
-            elif blocked := self.reconciler.blocked(specs[child_id], self.reconciler.groups()):
-                row["state"] = "failed" if "failed" in blocked else "pending"
-                row["reason"] = blocked
-            else:
-                row["reason"] = "waiting for its node to claim it"
-        return row
+        claims = self.view.by_kind("claims")
+        owners = [i.node for i in placed.get(child_id, [])]
+        replicas = spec.get("replicas", 1) if isinstance(spec.get("replicas"), int) else 1
+        rows = []
+        for replica in range(replicas):
+            key = instance_key(child_id, replica)
+            claim_kv = claims.get(key)
+            claim = decode(claim_kv)
+            row = {
+                "id": child_id,
+                "instance": key,
+                "replica": replica,
+                "role": "master" if replica == 0 else "replica",
+                "group": spec.get("group"),
+                "restart": spec.get("restart", "permanent"),
+                "owner": owners[replica] if replica < len(owners) else None,
+                "node": claim.get("node"),
+                "pid": claim.get("pid"),
+                "state": claim.get("state", "pending") if claim_kv is not None else "pending",
+                "restarts": claim.get("restarts", 0),
+                "started": claim.get("started"),
+                "reason": claim.get("reason", ""),
+                "fence": claim_kv.create_revision if claim_kv is not None else None,
+                "rss": None,
+                "cpu": None,
+            }
+            if claim_kv is None:
+                self._why_not_running(row, child_id, replica, len(owners))
+            rows.append(row)
+        return rows
+
+    def _why_not_running(
+        self, row: dict[str, Any], child_id: str, replica: int, placed: int
+    ) -> None:
+        specs = self.reconciler.specs()
+        if child_id not in specs:
+            row["state"], row["reason"] = (
+                "invalid",
+                "the spec in etcd is not valid (see the daemon log)",
+            )
+            return
+        reason = self.reconciler.why_pending(specs[child_id])
+        if reason.startswith("group") and "failed" in reason:
+            row["state"] = "failed"
+        elif placed and replica >= placed:
+            row["state"] = "degraded"
+            reason = f"only {placed} eligible node(s) for {specs[child_id].replicas} replicas"
+        row["reason"] = reason
 
     def _local(self, child_id: str) -> Any:
         """The local child, or an error naming the node where it runs."""
@@ -239,6 +265,7 @@ class Api:
             _processes.pop(pid, None)
 
     async def find(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The master's row, plus every instance with its node, pid and role."""
         child_id = _name(args)
         spec_kv = self.view.by_kind("children").get(child_id)
         if spec_kv is None:
@@ -246,32 +273,36 @@ class Api:
             spec_kv = await self.etcd.get(self.keys.child(child_id))
             if spec_kv is None:
                 raise NotFound("child", child_id)
-        row = self._row(child_id, spec_kv, self.view.by_kind("claims").get(child_id))
-        row["owner"] = self.reconciler.ring().owner(child_id)
-        row["argv"] = decode(spec_kv).get("argv")
-        return row
+        rows = self._rows(child_id, spec_kv, self.reconciler.place())
+        for row in rows:
+            if row["node"] == self.config.name:
+                self._figures(row)
+        return {
+            **rows[0],
+            "argv": decode(spec_kv).get("argv"),
+            "replicas": len(rows),
+            "degraded": any(r["state"] == "degraded" for r in rows),
+            "instances": rows,
+        }
 
     async def which_children(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         node = args.get("node")
         group = args.get("group")
         if args.get("local"):
             node = self.config.name
-        claims = self.view.by_kind("claims")
+        placed = self.reconciler.place()
         rows = [
-            self._row(i, kv, claims.get(i))
-            for i, kv in sorted(self.view.by_kind("children").items())
+            row
+            for child_id, kv in sorted(self.view.by_kind("children").items())
+            for row in self._rows(child_id, kv, placed)
         ]
-        if args.get("local"):
-            # This node's own figures are fresher than what it published.
-            for row in rows:
-                child = self.supervisor.children.get(row["id"])
-                if child is not None:
-                    row.update(child.info(), node=self.config.name)
-                    self._figures(row)
-        else:
-            for row in rows:
-                if row["node"] == self.config.name:
-                    self._figures(row)
+        for row in rows:
+            child = self.supervisor.children.get(row["instance"])
+            if child is not None and args.get("local"):
+                # This node's own figures are fresher than what it published.
+                row.update(child.info(), node=self.config.name)
+            if row["node"] == self.config.name:
+                self._figures(row)
         if node is not None:
             rows = [r for r in rows if r["node"] == node]
         if group is not None:

@@ -16,7 +16,7 @@ import msgspec
 
 from .errors import ConfigError
 from .protocol import default_socket_path
-from .spec import NAME_PATTERN
+from .spec import NAME_PATTERN, Label
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -28,6 +28,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         default_factory=lambda: socket.gethostname().split(".")[0] or "node"
     )
     cluster: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)] = "default"
+    # Node labels for affinity (``start-child --on zone=a``).
+    labels: dict[Label, Label] = msgspec.field(default_factory=dict)
+    # Restricted groups this node runs (a group with ``restricted`` runs only on nodes naming it).
+    groups: list[Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]] = msgspec.field(
+        default_factory=list
+    )
+    # Children moving away from this node (a join, a drain) leave at most this many
+    # per second, so a join does not stop everything at once; 0: no limit.
+    rebalance_rate: Annotated[float, msgspec.Meta(ge=0)] = 50.0
     # Client URLs (http:// or https://). Empty: run a private etcd (standalone mode).
     etcd: list[str] = msgspec.field(default_factory=list)
     etcd_prefix: str = "/ringd"

@@ -16,6 +16,7 @@ from .control import ControlServer
 from .errors import EtcdUnavailable
 from .etcd import TLS, Etcd
 from .guard import Guard
+from .handoff import Handoff
 from .hooks import Hooks
 from .keys import Keys
 from .membership import Membership
@@ -82,7 +83,9 @@ async def _serve(config: Config, endpoints: list[str]) -> None:
         view=view,
         membership=membership,
         supervisor=supervisor,
+        handoff=Handoff(etcd=etcd, keys=keys, directory=Path(config.state_dir) / "handoff"),
         resync_interval=config.resync_interval,
+        rebalance_rate=config.rebalance_rate,
     )
     supervisor.on_change = reconciler.child_changed
     supervisor.on_group_failed = reconciler.on_group_failed

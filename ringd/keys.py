@@ -41,4 +41,6 @@ class Keys:
             return "nodes", parts[1], parts[2]
         if len(parts) == 2 and parts[0] in ("children", "claims", "groups", "handoff"):
             return parts[0], parts[1], ""
+        if len(parts) == 3 and parts[0] in ("claims", "handoff") and parts[2].isdigit():
+            return parts[0], f"{parts[1]}/{parts[2]}", ""  # a replica's instance key
         return None

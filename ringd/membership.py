@@ -122,7 +122,8 @@ class Membership:
                 "pid_start": me.create_time(),
                 "instance": self.instance,
                 "version": __version__,
-                "labels": {},
+                "labels": self.config.labels,
+                "groups": self.config.groups,
                 "started": now_rfc3339(),
                 "lease": self.lease_id,
             }

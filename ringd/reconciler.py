@@ -1,9 +1,12 @@
-"""Desired (specs the ring gives this node) versus actual (the local supervisor).
+"""Desired (the instances placement gives this node) versus actual (the local
+supervisor).
 
-The one rule that keeps a child at most once: start only after creating its
-claim (``claims/<id>``, create-if-absent under this node's lease), and stop it
-before deleting the claim. A claim's create revision is the child's fencing
-token (``RINGD_FENCE``).
+The one rule that keeps an instance at most once: start only after creating its
+claim (``claims/<key>``, create-if-absent under this node's lease), and stop it
+before deleting the claim. A claim's create revision is the instance's fencing
+token (``RINGD_FENCE``). When an instance moves, the old owner stops it, stores
+its handoff file in etcd, and only then releases the claim; moves away from this
+node are paced by ``rebalance_rate``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import trio
 
 from .errors import EtcdUnavailable, InvalidSpec
 from .membership import decode
-from .ring import Ring
+from .placement import Instance, NodeInfo, Placer
 from .spec import ChildSpec, GroupRecord, encode, parse_child, parse_group_record
 from .supervisor import Child, State
 
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .etcd import KV, Etcd
+    from .handoff import Handoff
+    from .ring import Ring
     from .keys import Keys
     from .membership import Membership
     from .supervisor import Supervisor
@@ -47,7 +52,9 @@ class Reconciler:
         view: ClusterView,
         membership: Membership,
         supervisor: Supervisor,
+        handoff: Handoff,
         resync_interval: float = 30.0,
+        rebalance_rate: float = 0.0,
     ) -> None:
         self.node = node
         self.etcd = etcd
@@ -63,19 +70,32 @@ class Reconciler:
         # kind -> name -> (mod_revision, parsed value or None if invalid)
         self._cache: dict[str, dict[str, tuple[int, Any]]] = {}
         self._failed_here: dict[str, str] = {}  # groups that failed on this node -> reason
-        self._ring = Ring()
+        self.placer = Placer()
+        self.handoff = handoff
+        self.rebalance_rate = rebalance_rate
+        self.moves_pending = 0
+        self._move_tokens = max(rebalance_rate, 1.0)
+        self._move_time = trio.current_time()
         self._next_retry = math.inf  # unix time of the next failed-group retry
 
     # -- reading the view -------------------------------------------------------------
 
+    def nodes(self) -> dict[str, NodeInfo]:
+        """The nodes children may be placed on: online and not draining."""
+        drained = self.view.by_kind("nodes", "drain")
+        out = {}
+        for name, kv in self.view.by_kind("nodes", "alive").items():
+            if name in drained:
+                continue
+            info = decode(kv)
+            labels = info.get("labels") if isinstance(info.get("labels"), dict) else {}
+            groups = info.get("groups") if isinstance(info.get("groups"), list) else []
+            out[name] = NodeInfo(name, labels, frozenset(g for g in groups if isinstance(g, str)))
+        return out
+
     def ring(self) -> Ring:
-        """The ring over the online, non-draining nodes (cached while they do not change)."""
-        nodes = (
-            self.view.by_kind("nodes", "alive").keys() - self.view.by_kind("nodes", "drain").keys()
-        )
-        if nodes != self._ring.nodes:
-            self._ring = Ring(nodes)
-        return self._ring
+        """The ring over every placeable node (for children without affinity)."""
+        return self.placer.ring(frozenset(self.nodes()))
 
     def _parsed(
         self, kind: str, parse: Callable[[bytes], Any], name_of: Callable[[Any], str]
@@ -122,14 +142,33 @@ class Reconciler:
             return f"group {spec.group} failed: {record[0].reason}"
         return ""
 
-    def desired(self) -> dict[str, ChildSpec]:
-        ring = self.ring()
-        groups = self.groups()
+    def place(self) -> dict[str, list[Instance]]:
+        """Every runnable spec's instances (spec id -> instances, master first)."""
+        groups = {name: record for name, (record, _) in self.groups().items()}
+        runnable = {i: s for i, s in self.specs().items() if not self.blocked(s, self.groups())}
+        placed: dict[str, list[Instance]] = {i: [] for i in runnable}
+        for instance in self.placer.instances(runnable, self.nodes(), groups):
+            placed[instance.spec.id].append(instance)
+        return placed
+
+    def desired(self) -> dict[str, Instance]:
+        """The instances this node should run, by instance key, in start order."""
         return {
-            i: s
-            for i, s in self.specs().items()
-            if ring.owner(i) == self.node and not self.blocked(s, groups)
+            instance.key: instance
+            for instances in self.place().values()
+            for instance in instances
+            if instance.node == self.node
         }
+
+    def why_pending(self, spec: ChildSpec) -> str:
+        groups = self.groups()
+        if blocked := self.blocked(spec, groups):
+            return blocked
+        record = groups.get(spec.group)[0] if spec.group and spec.group in groups else None
+        return (
+            self.placer.why_unplaced(spec, self.nodes(), record)
+            or "waiting for its node to claim it"
+        )
 
     # -- acting -----------------------------------------------------------------------
 
@@ -202,39 +241,55 @@ class Reconciler:
         await self._retry_failed_groups()
         desired = self.desired()
         groups = self.groups()
+        specs = self.specs()
         for record, _ in groups.values():
             self.supervisor.update_group(record.spec)
         lease = self.membership.lease_id
         claims = self.view.by_kind("claims")
 
-        to_stop = [
-            child
-            for child_id, child in self.supervisor.children.items()
-            if child_id not in desired or desired[child_id] != child.spec
-        ]
-        if to_stop:
+        restarts, moves = [], []
+        for key, child in self.supervisor.children.items():
+            instance = desired.get(key)
+            if instance is not None and instance.spec != child.spec:
+                restarts.append(child)  # its spec changed: restart it here
+            elif instance is None:
+                # Still a valid, runnable spec: ownership moved (paced); else it is gone.
+                spec = specs.get(child.spec.id)
+                if spec is not None and not self.blocked(spec, groups):
+                    moves.append(child)
+                else:
+                    restarts.append(child)
+        self.moves_pending = max(len(moves) - self._take_moves(len(moves)), 0)
+        moving = moves[: len(moves) - self.moves_pending]
+        if restarts or moving:
             async with trio.open_nursery() as nursery:
-                for child in to_stop:
-                    nursery.start_soon(self._stop_and_release, child)
+                for child in restarts:
+                    nursery.start_soon(self._stop_and_release, child, child.spec.id in specs)
+                for child in moving:
+                    nursery.start_soon(self._stop_and_release, child, True)
 
-        for child_id, spec in desired.items():
-            if child_id in self.supervisor.children or not self.membership.may_run():
+        for key, instance in desired.items():
+            if key in self.supervisor.children or not self.membership.may_run():
                 continue
-            seen = claims.get(child_id)
+            seen = claims.get(key)
             if seen is not None and seen.lease != lease:
                 continue  # still held by its previous owner: wait for it to let go
             # Ask etcd, not the view (which may lag): the claim is ours only if this
             # transaction creates it or finds it under our own lease.
             value = json.dumps({"node": self.node, "state": "starting"}).encode()
-            _, claim = await self.etcd.create(self.keys.claim(child_id), value, lease=lease)
+            _, claim = await self.etcd.create(self.keys.claim(key), value, lease=lease)
             if (
                 claim is None
                 or claim.lease != self.membership.lease_id
                 or not self.membership.may_run()
             ):
                 continue
+            spec = instance.spec
+            env = {"RINGD_ROLE": instance.role, "RINGD_REPLICA": str(instance.replica)}
+            if spec.handoff:
+                env["RINGD_HANDOFF_FILE"] = str(await self.handoff.restore(key))
             group = groups[spec.group][0].spec if spec.group else None
-            self.supervisor.start(spec, fence=claim.create_revision, group=group)
+            self.supervisor.start(spec, key=key, fence=claim.create_revision, group=group, env=env)
 
         # Claims of ours that nothing here runs any more (e.g. left by a failed stop).
         for child_id, claim in claims.items():
@@ -284,8 +339,30 @@ class Reconciler:
             else:
                 self._next_retry = min(self._next_retry, due)
 
-    async def _stop_and_release(self, child: Child) -> None:
+    def _take_moves(self, wanted: int) -> int:
+        """How many of ``wanted`` moves the rate allows now (a token bucket)."""
+        if self.rebalance_rate <= 0 or wanted == 0:
+            return wanted
+        now = trio.current_time()
+        burst = max(self.rebalance_rate, 1.0)
+        self._move_tokens = min(
+            burst, self._move_tokens + (now - self._move_time) * self.rebalance_rate
+        )
+        self._move_time = now
+        granted = min(wanted, int(self._move_tokens))
+        self._move_tokens -= granted
+        if granted < wanted:
+            self._next_retry = min(self._next_retry, time.time() + 1 / self.rebalance_rate)
+        return granted
+
+    async def _stop_and_release(self, child: Child, keep_state: bool) -> None:
+        """Stop an instance here; hand its state on (if the spec still exists); release."""
         await self.supervisor.stop(child.id)
+        if child.spec.handoff:
+            if keep_state:
+                await self.handoff.store(child.id)
+            else:
+                await self.handoff.forget(child.id)
         await self.etcd.delete_if(self.keys.claim(child.id), create_revision=child.fence)
         logger.info("child %s stopped and released", child.id)
 

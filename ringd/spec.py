@@ -19,6 +19,9 @@ from .errors import InvalidSpec
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 RestartType = Literal["permanent", "transient", "temporary"]
+LABEL_PATTERN = r"^[A-Za-z0-9._-]{1,63}$"
+Label = Annotated[str, msgspec.Meta(pattern=LABEL_PATTERN)]
+MAX_REPLICAS = 32
 
 MAX_ARGS = 4096
 MAX_ARG_BYTES = 128 * 1024
@@ -43,6 +46,12 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     max_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 5.0
     stop_signal: str = "SIGTERM"
     stop_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    # n instances on n distinct nodes; the first owner's is the master.
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=MAX_REPLICAS)] = 1
+    # Node affinity: only nodes whose labels include all of these.
+    on: dict[Label, Label] = msgspec.field(default_factory=dict)
+    # State handed from the old owner to the next through $RINGD_HANDOFF_FILE.
+    handoff: bool = False
 
 
 def _check(spec: ChildSpec) -> None:
@@ -142,6 +151,8 @@ class GroupSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     restart_delay: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
     restart_delay_max: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 30.0
     retry_after: Annotated[float, msgspec.Meta(gt=0, le=86_400)] | None = None
+    # Run only on nodes that list this group in their config's ``groups`` (like Sworm).
+    restricted: bool = False
 
 
 GroupState = Literal["running", "failed"]

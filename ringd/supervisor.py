@@ -60,9 +60,11 @@ class Child:
     """A supervised child and what is known about it now."""
 
     spec: ChildSpec
+    key: str  # the instance: the spec's id, or "<id>/<replica>" for replicas after the first
     fence: int  # the claim's create revision
     group: LocalGroup
     log: RotatingLog
+    extra_env: dict[str, str]  # RINGD_ROLE, RINGD_HANDOFF_FILE, ...
     state: State = State.STARTING
     pid: int | None = None
     restarts: int = 0
@@ -77,11 +79,14 @@ class Child:
 
     @property
     def id(self) -> str:
-        return self.spec.id
+        """The instance key this supervisor knows the child by."""
+        return self.key
 
     def info(self) -> dict[str, Any]:
         return {
-            "id": self.id,
+            "id": self.spec.id,
+            "instance": self.key,
+            "role": self.extra_env.get("RINGD_ROLE", "master"),
             "group": self.spec.group,
             "state": str(self.state),
             "pid": self.pid,
@@ -226,19 +231,32 @@ class Supervisor:
 
     # -- commands ---------------------------------------------------------------------
 
-    def start(self, spec: ChildSpec, *, fence: int, group: GroupSpec | None = None) -> Child:
+    def start(
+        self,
+        spec: ChildSpec,
+        *,
+        fence: int,
+        group: GroupSpec | None = None,
+        key: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Child:
         """Supervise ``spec`` here: spawn it now and restart it as its group says.
 
         Args:
             group: the spec of ``spec.group`` (None for a child without a group).
+            key: the instance key (default: the spec's id).
+            env: more ``RINGD_*`` variables for this instance.
         """
-        if spec.id in self.children:
-            raise ValueError(f"child {spec.id!r} is already supervised here")
+        key = key or spec.id
+        if key in self.children:
+            raise ValueError(f"child {key!r} is already supervised here")
         if group is None:
             # A group of its own: one_for_one with the child's intensity.
             local = LocalGroup(
                 GroupSpec(
-                    name=spec.id, max_restarts=spec.max_restarts, max_seconds=spec.max_seconds
+                    name=key.replace("/", "@"),
+                    max_restarts=spec.max_restarts,
+                    max_seconds=spec.max_seconds,
                 ),
                 solo=True,
             )
@@ -248,16 +266,19 @@ class Supervisor:
             )
             local.update(group)
         log = RotatingLog(
-            self.log_dir / f"{spec.id}.log",
+            self.log_path(key),
             max_bytes=self.log_max_bytes,
             backups=self.log_backups,
-            mirror_prefix=f"{spec.id}| " if self.mirror_output else None,
+            mirror_prefix=f"{key}| " if self.mirror_output else None,
         )
-        child = Child(spec=spec, fence=fence, group=local, log=log)
+        child = Child(spec=spec, key=key, fence=fence, group=local, log=log, extra_env=env or {})
         local.members.append(child)
-        self.children[spec.id] = child
+        self.children[key] = child
         self._launch(child)
         return child
+
+    def log_path(self, key: str) -> Path:
+        return self.log_dir / (key.replace("/", "@") + ".log")
 
     def update_group(self, spec: GroupSpec) -> None:
         if local := self.groups.get(spec.name):
@@ -280,7 +301,7 @@ class Supervisor:
                 self.groups.pop(child.group.name, None)
             del self.children[child_id]
         if sweep:
-            await trio.to_thread.run_sync(kill_instance, self.instance, child_id)
+            await trio.to_thread.run_sync(kill_instance, self.instance, child.spec.id)
 
     async def stop_all(self) -> None:
         """Stop every child, in reverse start order."""
@@ -326,8 +347,9 @@ class Supervisor:
     def _env(self, child: Child) -> dict[str, str]:
         env = dict(self._base_env)
         env.update(child.spec.env)
+        env.update(child.extra_env)
         env.update(
-            RINGD_CHILD_ID=child.id,
+            RINGD_CHILD_ID=child.spec.id,
             RINGD_NODE=self.node,
             RINGD_FENCE=str(child.fence),
             RINGD_INSTANCE=self.instance,

@@ -1,0 +1,119 @@
+"""Placement: which nodes run which child instances (pure: no I/O, no clock).
+
+The ring for a child is built over the nodes it may run on: online, not
+draining, whose labels include the child's affinity (``on``), and, for a
+restricted group, that declare the group. ``replicas: n`` places n instances on
+the ring's first n distinct nodes; the first is the master. Every daemon computes
+this from the same etcd view, so all agree (DESIGN invariant 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .ring import Ring
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .spec import ChildSpec, GroupRecord
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What placement needs to know about an online node."""
+
+    name: str
+    labels: Mapping[str, str]
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One instance of a child, placed on a node."""
+
+    spec: ChildSpec
+    replica: int
+    node: str
+
+    @property
+    def key(self) -> str:
+        return instance_key(self.spec.id, self.replica)
+
+    @property
+    def role(self) -> str:
+        return "master" if self.replica == 0 else "replica"
+
+
+def instance_key(child_id: str, replica: int) -> str:
+    """``id`` for the master, ``id/<n>`` for the n-th replica (its claim is ``claims/<key>``)."""
+    return child_id if replica == 0 else f"{child_id}/{replica}"
+
+
+def split_key(key: str) -> tuple[str, int]:
+    child_id, _, replica = key.partition("/")
+    return child_id, int(replica or 0)
+
+
+class Placer:
+    """Computes placements, caching one ring per set of eligible nodes."""
+
+    def __init__(self, *, max_rings: int = 64) -> None:
+        self._rings: dict[frozenset[str], Ring] = {}
+        self._max_rings = max_rings
+
+    def ring(self, nodes: frozenset[str]) -> Ring:
+        ring = self._rings.get(nodes)
+        if ring is None:
+            if len(self._rings) >= self._max_rings:
+                self._rings.clear()  # membership changed a lot: start over
+            ring = self._rings[nodes] = Ring(nodes)
+        return ring
+
+    @staticmethod
+    def eligible(
+        spec: ChildSpec, nodes: Mapping[str, NodeInfo], group: GroupRecord | None
+    ) -> frozenset[str]:
+        restricted = group is not None and group.spec.restricted
+        return frozenset(
+            name
+            for name, info in nodes.items()
+            if all(info.labels.get(k) == v for k, v in spec.on.items())
+            and (not restricted or spec.group in info.groups)
+        )
+
+    def owners(
+        self, spec: ChildSpec, nodes: Mapping[str, NodeInfo], group: GroupRecord | None
+    ) -> list[str]:
+        """The nodes of the child's instances, master first (fewer than ``replicas``
+        when fewer nodes are eligible: the child is degraded)."""
+        return self.ring(self.eligible(spec, nodes, group)).owners(spec.id, spec.replicas)
+
+    def instances(
+        self,
+        specs: Mapping[str, ChildSpec],
+        nodes: Mapping[str, NodeInfo],
+        groups: Mapping[str, GroupRecord],
+    ) -> list[Instance]:
+        """Every instance of every spec, in spec order then replica order."""
+        out = []
+        for spec in specs.values():
+            group = groups.get(spec.group) if spec.group else None
+            for replica, node in enumerate(self.owners(spec, nodes, group)):
+                out.append(Instance(spec, replica, node))
+        return out
+
+    @staticmethod
+    def why_unplaced(
+        spec: ChildSpec, nodes: Mapping[str, NodeInfo], group: GroupRecord | None
+    ) -> str:
+        """Why a child has no eligible node ("" if it has one)."""
+        if not nodes:
+            return "no node is online"
+        if Placer.eligible(spec, nodes, group):
+            return ""
+        needs = [f"{k}={v}" for k, v in sorted(spec.on.items())]
+        if group is not None and group.spec.restricted:
+            needs.append(f"a node declaring group {spec.group}")
+        return "no eligible node: needs " + ", ".join(needs)
