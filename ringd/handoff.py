@@ -47,6 +47,7 @@ class Handoff:
     async def restore(self, key: str) -> Path:
         """Write the stored state (if any) where the new instance will find it."""
         path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)  # the child writes here
         kv = await self.etcd.get(self.keys.handoff(key))
         if kv is not None:
             await trio.to_thread.run_sync(_write_atomically, path, kv.value)
@@ -77,7 +78,6 @@ class Handoff:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)

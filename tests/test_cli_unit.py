@@ -394,7 +394,9 @@ def test_find_shows_owner_node_and_pid(daemon: FakeDaemon) -> None:
     assert lines["owner"] == ["node1"]
     assert lines["node"] == ["node2"]
     assert lines["pid"] == ["4242"]
-    assert re.fullmatch(r"\d+m\d\ds", lines["uptime"][0]), lines["uptime"]  # started 75 s before import
+    assert re.fullmatch(r"\d+m\d\ds", lines["uptime"][0]), lines[
+        "uptime"
+    ]  # started 75 s before import
     assert lines["argv"] == ["python", "-m", "http.server", "8080"]
 
 

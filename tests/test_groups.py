@@ -27,15 +27,24 @@ def group_children(cluster: Cluster, group: str) -> dict[int, dict[str, str]]:
 
 
 def start_group(cluster: Cluster, node, flag: Path, **group_fields) -> list[dict]:
-    node.call("create_group", spec={"name": "g", "max_restarts": 1, "max_seconds": 30, **group_fields})
+    node.call(
+        "create_group", spec={"name": "g", "max_restarts": 1, "max_seconds": 30, **group_fields}
+    )
     env = {"TEST_CLUSTER": cluster.name, "TEST_GROUP": "g"}
     for i in range(8):
-        node.call("start_child", spec={"id": f"good{i}", "argv": ["sleep", "600"], "group": "g", "env": env})
-    node.call("start_child", spec={"id": "bad", "argv": crash_while(flag), "group": "g", "env": env})
+        node.call(
+            "start_child",
+            spec={"id": f"good{i}", "argv": ["sleep", "600"], "group": "g", "env": env},
+        )
+    node.call(
+        "start_child", spec={"id": "bad", "argv": crash_while(flag), "group": "g", "env": env}
+    )
     return node.call("which_children", group="g")
 
 
-def test_group_fails_cluster_wide_and_reset_brings_it_back(cluster: Cluster, short_tmp: Path) -> None:
+def test_group_fails_cluster_wide_and_reset_brings_it_back(
+    cluster: Cluster, short_tmp: Path
+) -> None:
     a, b = cluster.daemon("a"), cluster.daemon("b")
     flag = short_tmp / "crash"
     flag.touch()
@@ -100,7 +109,9 @@ def test_group_errors(cluster: Cluster) -> None:
     assert info.value.code == "refused" and "x" in info.value.message
     assert a.call("delete_group", name="g", force=True)["orphaned_children"] == ["x"]
     # A child whose group is gone is stopped and waits, with the reason shown.
-    row = wait_until(lambda: (r := a.call("find", id="x"))["state"] == "pending" and r, 10, "x pending")
+    row = wait_until(
+        lambda: (r := a.call("find", id="x"))["state"] == "pending" and r, 10, "x pending"
+    )
     assert row["reason"] == "group g does not exist"
     # A child may not name a group that is not there... it waits for it, visibly.
     with pytest.raises(RemoteError) as info:
@@ -114,7 +125,9 @@ def test_local_commands_name_the_node_where_a_child_runs(cluster: Cluster) -> No
     for i in range(6):
         a.call("start_child", spec={"id": f"c{i}", "argv": ["sleep", "600"], "env": env})
     rows = wait_until(
-        lambda: (r := a.call("which_children")) and all(x["state"] == "running" for x in r) and r, 10, "running"
+        lambda: (r := a.call("which_children")) and all(x["state"] == "running" for x in r) and r,
+        10,
+        "running",
     )
     remote = next(r for r in rows if r["node"] == "b")
     local = next(r for r in rows if r["node"] == "a")

@@ -39,7 +39,9 @@ def test_drain_moves_children_away_and_undrain_brings_them_back(cluster: Cluster
     before = wait_until(lambda: (p := placement(a)) and len(p) == 12 and p, 15, "12 running")
     assert set(before.values()) == {"a", "b"}
     assert a.call("drain", node="b", wait=True, timeout=15) == {"node": "b", "draining": True}
-    after = wait_until(lambda: (p := placement(a)) and set(p.values()) == {"a"} and p, 15, "all on a")
+    after = wait_until(
+        lambda: (p := placement(a)) and set(p.values()) == {"a"} and p, 15, "all on a"
+    )
     assert len(after) == 12
     row = next(n for n in a.call("nodes") if n["node"] == "b")
     assert row["status"] == "online" and row["draining"] and row["children"] == 0
@@ -57,7 +59,11 @@ def test_forget_node_only_when_offline(cluster: Cluster) -> None:
         a.call("forget_node", node="b")
     assert info.value.code == "refused" and "online" in info.value.message
     assert b.stop() == 0
-    wait_until(lambda: any(n["node"] == "b" and n["status"] == "offline" for n in a.call("nodes")), 10, "b offline")
+    wait_until(
+        lambda: any(n["node"] == "b" and n["status"] == "offline" for n in a.call("nodes")),
+        10,
+        "b offline",
+    )
     assert a.call("forget_node", node="b") == {"node": "b", "forgotten": True}
     assert [n["node"] for n in a.call("nodes")] == ["a"]
 
@@ -80,8 +86,15 @@ def test_watch_streams_node_and_child_events_in_order(cluster: Cluster) -> None:
     ready.wait(5)
     wait_until(lambda: True, 0.3, "")  # let the subscription attach
     b = cluster.daemon("b")
-    a.call("start_child", spec={"id": "w", "argv": ["sleep", "600"], "env": {"TEST_CLUSTER": cluster.name}})
-    wait_until(lambda: any(e.get("kind") == "child" and e.get("state") == "running" for e in events), 10, "child running event")
+    a.call(
+        "start_child",
+        spec={"id": "w", "argv": ["sleep", "600"], "env": {"TEST_CLUSTER": cluster.name}},
+    )
+    wait_until(
+        lambda: any(e.get("kind") == "child" and e.get("state") == "running" for e in events),
+        10,
+        "child running event",
+    )
     assert b.stop() == 0
     thread.join(15)
     assert not thread.is_alive()
@@ -100,7 +113,9 @@ echo "hook saw $1 $2"
 """
 
 
-def test_hooks_run_in_order_for_other_nodes_and_failures_do_not_disturb(cluster: Cluster, short_tmp: Path) -> None:
+def test_hooks_run_in_order_for_other_nodes_and_failures_do_not_disturb(
+    cluster: Cluster, short_tmp: Path
+) -> None:
     hooks = short_tmp / "hooks"
     hooks.mkdir()
     out = short_tmp / "hook.out"
