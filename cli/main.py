@@ -284,6 +284,25 @@ def cli(ctx: click.Context, socket_path: str) -> None:
 @click.option("--max-seconds", type=float, metavar="S", help="The window --max-restarts counts in.")
 @click.option("--stop-signal", metavar="SIG", help="Signal that asks it to stop (e.g. TERM).")
 @click.option("--stop-timeout", type=float, metavar="S", help="Seconds before SIGKILL.")
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 32),
+    metavar="N",
+    help="Run N instances on N distinct nodes (the first is the master).",
+)
+@click.option(
+    "--on",
+    "on",
+    multiple=True,
+    metavar="K=V",
+    help="Node affinity: only nodes labelled K=V (repeatable: all must match).",
+)
+@click.option(
+    "--handoff",
+    is_flag=True,
+    default=None,
+    help="Hand state to the next instance via $RINGD_HANDOFF_FILE when it moves.",
+)
 @click.option("--wait", is_flag=True, help="Return only once it runs somewhere.")
 @click.option(
     "--timeout",
@@ -311,6 +330,8 @@ def start_child(
     spec: dict[str, Any] = {"id": child_id, "argv": list(argv)}
     if env:
         spec["env"] = parse_env(env)
+    if on := options.pop("on"):
+        spec["on"] = parse_env(on, "--on")
     spec.update({key: value for key, value in options.items() if value is not None})
     if wait:
         client.timeout = max(client.timeout or 0, timeout + REPLY_MARGIN)
@@ -328,12 +349,12 @@ def start_child(
     emit(result, render)
 
 
-def parse_env(values: tuple[str, ...]) -> dict[str, str]:
+def parse_env(values: tuple[str, ...], option: str = "--env") -> dict[str, str]:
     env: dict[str, str] = {}
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not K=V", param_hint="'--env'")
+            raise click.BadParameter(f"{item!r} is not K=V", param_hint=f"'{option}'")
         env[key] = value
     return env
 
@@ -364,6 +385,23 @@ def find(client: Client, child_id: str) -> None:
                 ("argv", shlex.join(argv) if isinstance(argv, list) else argv),
             ]
         )
+        instances = row.get("instances") or []
+        if len(instances) > 1:
+            table = Table(box=None, header_style="bold", pad_edge=False, title_justify="left")
+            for name in ("INSTANCE", "ROLE", "NODE", "PID", "STATE", "REASON"):
+                table.add_column(name, overflow="fold")
+            for inst in instances:
+                table.add_row(
+                    Text(dash(inst.get("instance"))),
+                    dash(inst.get("role")),
+                    Text(dash(inst.get("node"))),
+                    dash(inst.get("pid")),
+                    state_text(inst.get("state")),
+                    Text(dash(inst.get("reason"))),
+                )
+            console.print(table)
+            if row.get("degraded"):
+                console.print("degraded: fewer eligible nodes than replicas", style="yellow")
 
     emit(result, render)
 
@@ -398,7 +436,7 @@ def which_children(client: Client, local: bool, node: str | None, group: str | N
             )
         for row in rows:
             table.add_row(
-                Text(dash(row.get("id"))),
+                Text(dash(row.get("instance") or row.get("id"))),
                 Text(dash(row.get("node"))),
                 dash(row.get("pid")),
                 state_text(row.get("state")),
@@ -592,6 +630,12 @@ def stream_events(client: Client, show: Any, op: str, **args: Any) -> None:
     metavar="S",
     help="Retry a group failed cluster-wide after S seconds (default: wait for reset-group).",
 )
+@click.option(
+    "--restricted",
+    is_flag=True,
+    default=None,
+    help="Run only on nodes whose config lists this group.",
+)
 @json_option
 @pass_client
 def create_group(client: Client, name: str, **options: Any) -> None:
@@ -743,6 +787,11 @@ def status(client: Client) -> None:
                 ("standalone", info.get("standalone")),
                 ("lease", info.get("lease")),
                 ("lease ttl", f"{ttl}s" if ttl is not None else None),
+                (
+                    "labels",
+                    ", ".join(f"{k}={v}" for k, v in (info.get("labels") or {}).items()) or None,
+                ),
+                ("moves pending", info.get("moves_pending")),
                 ("fenced", info.get("fenced")),
                 ("nodes online", ", ".join(info.get("nodes_online") or [])),
                 ("children", info.get("children_total")),

@@ -697,3 +697,32 @@ def test_help_documents_exit_codes() -> None:
     assert result.exit_code == 0
     for line in ("3  not found", "4  ringd unreachable", "5  timed out"):
         assert line in result.stdout
+
+
+def test_start_child_replicas_affinity_handoff(daemon: FakeDaemon) -> None:
+    result = run(
+        daemon,
+        "start-child",
+        "db",
+        "--replicas",
+        "3",
+        "--on",
+        "zone=a",
+        "--on",
+        "disk=ssd",
+        "--handoff",
+        "--",
+        "pg",
+    )
+    assert result.exit_code == 0, result.output
+    (op, args), *_ = daemon.requests
+    assert op == "start_child"
+    assert args["spec"] == {
+        "id": "db",
+        "argv": ["pg"],
+        "replicas": 3,
+        "on": {"zone": "a", "disk": "ssd"},
+        "handoff": True,
+    }
+    bad = run(daemon, "start-child", "db", "--on", "zone", "--", "pg")
+    assert bad.exit_code == 2 and "'zone' is not K=V" in bad.stderr and "--on" in bad.stderr
