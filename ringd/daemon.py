@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from . import metrics
 from .api import Api
 from .control import ControlServer
 from .errors import EtcdUnavailable
@@ -90,6 +91,8 @@ async def _serve(config: Config, endpoints: list[str]) -> None:
     supervisor.on_change = reconciler.child_changed
     supervisor.on_group_failed = reconciler.on_group_failed
     membership.on_fence = reconciler.on_fence
+    if config.metrics_address:
+        metrics.serve(config.metrics_address, supervisor)
     api = Api(
         config=config,
         etcd=etcd,

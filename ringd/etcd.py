@@ -29,6 +29,7 @@ import trio
 from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
 
+from . import metrics
 from .errors import ConfigError, EtcdUnavailable, WatchBroken
 
 if TYPE_CHECKING:
@@ -141,7 +142,14 @@ class Etcd:
             except Exception:  # closing a broken channel may raise; it is gone anyway
                 logger.debug("closing etcd client", exc_info=True)
 
-    async def _call(self, fn: Callable[[Any], T]) -> T:
+    async def _call(self, op: str, fn: Callable[[Any], T]) -> T:
+        try:
+            return await self._call_once(fn)
+        except EtcdUnavailable:
+            metrics.ETCD_ERRORS.labels(op).inc()
+            raise
+
+    async def _call_once(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(client)`` in a thread with a deadline; translate failures."""
         box: list[Any] = []
 
@@ -182,20 +190,20 @@ class Etcd:
             resp = c.get_prefix_response(prefix)
             return resp.header.revision, [_kv(kv) for kv in resp.kvs]
 
-        return await self._call(fn)
+        return await self._call("list", fn)
 
     async def get(self, key: str) -> KV | None:
         def fn(c: Any) -> KV | None:
             resp = c.get_response(key)
             return _kv(resp.kvs[0]) if resp.kvs else None
 
-        return await self._call(fn)
+        return await self._call("get", fn)
 
     async def put(self, key: str, value: bytes, *, lease: int | None = None) -> None:
-        await self._call(lambda c: c.put(key, value, lease=lease))
+        await self._call("put", lambda c: c.put(key, value, lease=lease))
 
     async def delete(self, key: str) -> bool:
-        return await self._call(lambda c: bool(c.delete(key)))
+        return await self._call("delete", lambda c: bool(c.delete(key)))
 
     async def create(
         self, key: str, value: bytes, *, lease: int | None = None
@@ -215,7 +223,7 @@ class Etcd:
             value_, meta = rows[0]
             return ok, KV(key, value_, meta.create_revision, meta.mod_revision, meta.lease_id)
 
-        return await self._call(fn)
+        return await self._call("create", fn)
 
     async def put_if(
         self,
@@ -240,7 +248,7 @@ class Etcd:
             )
             return bool(ok)
 
-        return await self._call(fn)
+        return await self._call("put_if", fn)
 
     async def delete_if(self, key: str, *, create_revision: int) -> bool:
         """Delete only the incarnation of ``key`` created at ``create_revision``."""
@@ -254,7 +262,7 @@ class Etcd:
             )
             return bool(ok)
 
-        return await self._call(fn)
+        return await self._call("delete_if", fn)
 
     # -- leases ----------------------------------------------------------------------
 
@@ -265,7 +273,7 @@ class Etcd:
             lease = c.lease(math.ceil(ttl))
             return lease.id, lease.ttl
 
-        return await self._call(fn)
+        return await self._call("grant", fn)
 
     async def keepalive(self, lease_id: int) -> int:
         """Refresh a lease; returns the remaining TTL, 0 if the lease is gone."""
@@ -275,10 +283,10 @@ class Etcd:
                 return int(resp.TTL)
             return 0
 
-        return await self._call(fn)
+        return await self._call("keepalive", fn)
 
     async def revoke(self, lease_id: int) -> None:
-        await self._call(lambda c: c.revoke_lease(lease_id))
+        await self._call("revoke", lambda c: c.revoke_lease(lease_id))
 
     # -- watches ---------------------------------------------------------------------
 
@@ -295,7 +303,7 @@ class Etcd:
         We drive the gRPC Watch stream ourselves rather than through etcd3's
         Watcher, whose thread cannot be stopped cleanly.
         """
-        client = await self._call(lambda c: c)
+        client = await self._call("watch", lambda c: c)
         send, receive = trio.open_memory_channel[Any](math.inf)
         token = trio.lowlevel.current_trio_token()
         stop = threading.Event()

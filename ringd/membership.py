@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import trio
 
-from . import __version__
+from . import __version__, metrics
 from .errors import EtcdUnavailable
 
 if TYPE_CHECKING:
@@ -232,6 +232,7 @@ class Membership:
         logger.error("fencing node %s: %s; killing its children", self.node, reason)
         self.fenced = True
         self._fence_reason = reason
+        metrics.FENCES.inc()
         self.on_fence(reason)
         self._notify()
 
@@ -259,9 +260,11 @@ class Membership:
             except EtcdUnavailable as exc:
                 logger.warning("lease keepalive failed: %s", exc)
                 continue
+            metrics.LEASE_LATENCY.observe(time.monotonic() - sent)
             if remaining <= 0:
                 self.fence("lease expired")
                 continue
+            metrics.LEASE_RENEWALS.inc()
             self._extend(sent, min(float(remaining), self.ttl))
 
     async def _recover(self) -> None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import metrics
 from .guard import kill_instance
 from .intensity import Intensity
 from .logs import RotatingLog, pump
@@ -481,6 +482,7 @@ class Supervisor:
             for c in restart:
                 c.restarts += 1
                 c.state = State.BACKOFF if delay else State.RESTARTING
+            metrics.RESTARTS.labels(group.name if not group.solo else "").inc(len(restart))
             if delay:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._delayed_launch, group, restart, delay)
@@ -512,6 +514,7 @@ class Supervisor:
         if group.node_intensity.allow(trio.current_time()):
             # Step 2: the node level starts the group fresh.
             group.node_restarts += 1
+            metrics.ESCALATIONS.labels(group.name, "node").inc()
             group.intensity.reset()
             logger.warning(
                 "group %s on %s: %s; restarting the whole group (node level, %d)",
@@ -528,4 +531,5 @@ class Supervisor:
         for c in group.members:
             c.state, c.reason = State.FAILED, f"group {group.name} {reason}"
             self.on_change(c)
+        metrics.ESCALATIONS.labels(group.name, "cluster").inc()
         self.on_group_failed(group.name, reason)
