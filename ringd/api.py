@@ -18,9 +18,9 @@ import trio
 
 from . import __version__
 from .errors import AlreadyExists, InvalidSpec, NotFound, Refused, TimedOut
-from .membership import decode
 from .hooks import child_update, node_update
 from .logs import tail
+from .membership import decode
 from .placement import instance_key
 from .spec import NAME_PATTERN, GroupRecord, encode, parse_child, parse_group, signal_number
 
@@ -244,7 +244,8 @@ class Api:
         node = decode(self.view.by_kind("claims").get(child_id)).get("node")
         if node:
             raise Refused(
-                f"child {child_id} runs on node {node}, not {self.config.name}: use that node's ringctl"
+                f"child {child_id} runs on node {node}, not {self.config.name}: "
+                "use that node's ringctl"
             )
         raise Refused(f"child {child_id} is not running on any node")
 
@@ -450,9 +451,7 @@ class Api:
                 inode, position = st.st_ino, 0  # rotated
             if st.st_size == position:
                 continue
-            with open(path, "rb") as f:
-                f.seek(position)
-                data = f.read()
+            data = await trio.to_thread.run_sync(_read_from, path, position)
             position += len(data)
             *complete, partial = (partial + data).split(b"\n")
             for line in complete:
@@ -515,3 +514,9 @@ class Api:
                 if event is not None:
                     event["revision"] = change.kv.mod_revision
                     yield event
+
+
+def _read_from(path: Path, position: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(position)
+        return f.read()

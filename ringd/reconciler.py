@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
     from .etcd import KV, Etcd
     from .handoff import Handoff
-    from .ring import Ring
     from .keys import Keys
     from .membership import Membership
+    from .ring import Ring
     from .supervisor import Supervisor
     from .view import ClusterView
 

@@ -172,7 +172,7 @@ async def wait_pid(pid: int) -> int:
         await trio.lowlevel.wait_readable(fd)
     finally:
         os.close(fd)
-    _, status = os.waitpid(pid, 0)  # a zombie by now: does not block
+    _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 - a zombie by now: does not block
     return os.waitstatus_to_exitcode(status)
 
 
@@ -502,7 +502,10 @@ class Supervisor:
     async def _escalate(self, group: LocalGroup, cause: str) -> None:
         """The group exceeded its intensity on this node (called with its lock held)."""
         spec = group.spec
-        reason = f"restart intensity exceeded ({spec.max_restarts} restarts in {spec.max_seconds:g} s); last: {cause}"
+        reason = (
+            f"restart intensity exceeded ({spec.max_restarts} restarts in {spec.max_seconds:g} s)"
+            f"; last: {cause}"
+        )
         for c in reversed(group.members):
             await self._terminate_process(c)
         if group.solo:
@@ -526,7 +529,10 @@ class Supervisor:
                     self._launch(c)
             return
         # Step 3: the group fails here, and so everywhere.
-        reason = f"failed on {self.node} past its node-level intensity (2 in {2 * spec.max_seconds:g} s): {reason}"
+        reason = (
+            f"failed on {self.node} past its node-level intensity "
+            f"(2 in {2 * spec.max_seconds:g} s): {reason}"
+        )
         logger.error("group %s %s", group.name, reason)
         for c in group.members:
             c.state, c.reason = State.FAILED, f"group {group.name} {reason}"

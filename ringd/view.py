@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .errors import EtcdUnavailable, WatchBroken
-from .etcd import KV
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from .etcd import Etcd, Event
+    from .etcd import KV, Etcd, Event
     from .keys import Keys
 
 logger = logging.getLogger(__name__)

@@ -120,7 +120,7 @@ def test_group_errors(cluster: Cluster) -> None:
 
 
 def test_local_commands_name_the_node_where_a_child_runs(cluster: Cluster) -> None:
-    a, b = cluster.daemon("a"), cluster.daemon("b")
+    a, _ = cluster.daemon("a"), cluster.daemon("b")
     env = {"TEST_CLUSTER": cluster.name}
     for i in range(6):
         a.call("start_child", spec={"id": f"c{i}", "argv": ["sleep", "600"], "env": env})

@@ -34,7 +34,7 @@ def placement(node) -> dict[str, str] | None:
 
 
 def test_drain_moves_children_away_and_undrain_brings_them_back(cluster: Cluster) -> None:
-    a, b = cluster.daemon("a"), cluster.daemon("b")
+    a, _b = cluster.daemon("a"), cluster.daemon("b")
     start_children(cluster, a, 12)
     before = wait_until(lambda: (p := placement(a)) and len(p) == 12 and p, 15, "12 running")
     assert set(before.values()) == {"a", "b"}

@@ -3,6 +3,7 @@ strategies, intensity and escalation, restart delay, shutdown, logs."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -200,7 +201,7 @@ async def test_restart_delay_is_applied(h: Harness) -> None:
     await until(lambda: child.state == State.BACKOFF, what="backoff state")
     await until(lambda: path.exists() and len(path.read_text().split()) >= 4, timeout=5)
     times = [float(t) for t in path.read_text().split()]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.4, gaps
 
 
@@ -219,7 +220,7 @@ async def test_stop_escalates_to_sigkill_and_signals_the_group(h: Harness) -> No
 async def test_shutdown_stops_in_reverse_start_order(h: Harness) -> None:
     journal = h.tmp / "journal"
     journal.mkdir()
-    child_py = str((__import__("pathlib").Path(__file__).with_name("child.py")))
+    child_py = str(__import__("pathlib").Path(__file__).with_name("child.py"))
     for name in ("first", "second", "third"):
         h.start(name, [sys.executable, child_py, str(journal)])
     await until(lambda: len(list(journal.iterdir())) == 3, what="children started")
@@ -273,7 +274,7 @@ async def test_log_rotation_keeps_the_bound(tmp_path: Path, nursery: trio.Nurser
     files = sorted(p.name for p in (tmp_path / "logs").glob("chatty.log*"))
     assert files == ["chatty.log", "chatty.log.1", "chatty.log.2"]
     sizes = [(tmp_path / "logs" / f).stat().st_size for f in files]
-    assert max(sizes + [biggest]) <= bound
+    assert max([*sizes, biggest]) <= bound
     assert (
         (tmp_path / "logs" / "chatty.log").read_text().rstrip().endswith("line 039999 " + "x" * 20)
     )
