@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import psutil
 import trio
 
 from . import __version__
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .etcd import Etcd
+    from .figures import Figures
     from .keys import Keys
     from .membership import Membership
     from .reconciler import Reconciler
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 import re
 
 _NAME = re.compile(NAME_PATTERN)
-# psutil keeps the previous CPU sample in the Process object: reuse them by pid.
-_processes: dict[int, psutil.Process] = {}
 
 
 def _name(args: dict[str, Any], field: str = "id") -> str:
@@ -69,6 +67,7 @@ class Api:
         membership: Membership,
         supervisor: Supervisor,
         reconciler: Reconciler,
+        figures: Figures,
     ) -> None:
         self.config = config
         self.etcd = etcd
@@ -78,6 +77,7 @@ class Api:
         self.supervisor = supervisor
         self.reconciler = reconciler
         self.started = time.time()
+        self.figures = figures
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {
@@ -249,21 +249,17 @@ class Api:
             )
         raise Refused(f"child {child_id} is not running on any node")
 
-    @staticmethod
-    def _figures(row: dict[str, Any]) -> None:
-        """RSS (bytes) and CPU (% of one core since the last look) of a local child."""
-        pid = row.get("pid")
-        if not pid:
-            return
-        try:
-            proc = _processes.get(pid)
-            if proc is None:
-                proc = _processes[pid] = psutil.Process(pid)
-                proc.cpu_percent(None)
-            row["rss"] = proc.memory_info().rss
-            row["cpu"] = proc.cpu_percent(None)
-        except psutil.Error:
-            _processes.pop(pid, None)
+    def _figures(self, rows: list[dict[str, Any]]) -> None:
+        """RSS and CPU per instance: measured now for this node's children, else the
+        figures their node last published (every ``figures_interval``)."""
+        published = {node: decode(kv) for node, kv in self.view.by_kind("nodes", "figures").items()}
+        for row in rows:
+            if row["node"] == self.config.name:
+                measured = self.figures.of(row.get("pid"))
+            else:
+                measured = published.get(row["node"], {}).get(row["instance"])
+            if measured:
+                row["rss"], row["cpu"] = measured
 
     async def find(self, args: dict[str, Any]) -> dict[str, Any]:
         """The master's row, plus every instance with its node, pid and role."""
@@ -275,9 +271,7 @@ class Api:
             if spec_kv is None:
                 raise NotFound("child", child_id)
         rows = self._rows(child_id, spec_kv, self.reconciler.place())
-        for row in rows:
-            if row["node"] == self.config.name:
-                self._figures(row)
+        self._figures(rows)
         return {
             **rows[0],
             "argv": decode(spec_kv).get("argv"),
@@ -297,17 +291,16 @@ class Api:
             for child_id, kv in sorted(self.view.by_kind("children").items())
             for row in self._rows(child_id, kv, placed)
         ]
-        for row in rows:
-            child = self.supervisor.children.get(row["instance"])
-            if child is not None and args.get("local"):
-                # This node's own figures are fresher than what it published.
-                row.update(child.info(), node=self.config.name)
-            if row["node"] == self.config.name:
-                self._figures(row)
+        if args.get("local"):
+            # This node's own view of its children is fresher than what it published.
+            for row in rows:
+                if (child := self.supervisor.children.get(row["instance"])) is not None:
+                    row.update(child.info(), node=self.config.name)
         if node is not None:
             rows = [r for r in rows if r["node"] == node]
         if group is not None:
             rows = [r for r in rows if r["group"] == group]
+        self._figures(rows)
         return rows
 
     async def nodes(self, args: dict[str, Any]) -> list[dict[str, Any]]:

@@ -56,6 +56,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     fence_margin: Seconds = 1.0
     resync_interval: Seconds = 30.0
     shutdown_grace: Seconds = 30.0
+    # Seconds between publications of this node's per-child RSS/CPU figures.
+    figures_interval: Seconds = 15.0
     # host:port of a Prometheus /metrics endpoint; unset: no endpoint.
     metrics_address: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -16,6 +17,7 @@ from .api import Api
 from .control import ControlServer
 from .errors import EtcdUnavailable
 from .etcd import TLS, Etcd
+from .figures import Figures
 from .guard import Guard
 from .handoff import Handoff
 from .hooks import Hooks
@@ -93,6 +95,7 @@ async def _serve(config: Config, endpoints: list[str]) -> None:
     membership.on_fence = reconciler.on_fence
     if config.metrics_address:
         metrics.serve(config.metrics_address, supervisor)
+    figures = Figures()
     api = Api(
         config=config,
         etcd=etcd,
@@ -101,6 +104,7 @@ async def _serve(config: Config, endpoints: list[str]) -> None:
         membership=membership,
         supervisor=supervisor,
         reconciler=reconciler,
+        figures=figures,
     )
     control = ControlServer(
         config.socket,
@@ -117,6 +121,17 @@ async def _serve(config: Config, endpoints: list[str]) -> None:
                 await nursery.start(membership.run)
                 await nursery.start(reconciler.run)
                 await nursery.start(control.run)
+                nursery.start_soon(
+                    functools.partial(
+                        figures.publish,
+                        etcd=etcd,
+                        keys=keys,
+                        node=config.name,
+                        supervisor=supervisor,
+                        membership=membership,
+                        interval=config.figures_interval,
+                    )
+                )
                 if config.hooks_dir:
                     hooks = Hooks(
                         directory=config.hooks_dir,

@@ -17,6 +17,9 @@ class Keys:
     def status(self, node: str) -> str:
         return f"{self.prefix}nodes/{node}/status"
 
+    def figures(self, node: str) -> str:
+        return f"{self.prefix}nodes/{node}/figures"
+
     def drain(self, node: str) -> str:
         return f"{self.prefix}nodes/{node}/drain"
 

@@ -49,3 +49,27 @@ def test_metrics_endpoint(cluster: Cluster) -> None:
     assert "ringd_claims 1.0" in text
     assert 'ringd_child_restarts_total{group=""} 1.0' in text
     assert "ringd_lease_renewal_seconds_bucket" in text
+
+
+def test_which_children_shows_figures_of_other_nodes(cluster: Cluster) -> None:
+    config = cluster.base / "f.toml"
+    config.write_text("figures_interval = 0.3\n")
+    for name in ("a", "b"):
+        d = cluster.daemon(name, start=False)
+        d.extra_args = ["--config", str(config)]
+        d.start()
+    a = cluster.daemons["a"]
+    for i in range(6):
+        a.call(
+            "start_child",
+            spec={"id": f"f{i}", "argv": ["sleep", "600"], "env": {"TEST_CLUSTER": cluster.name}},
+        )
+
+    def all_measured():
+        rows = a.call("which_children")
+        ok = len(rows) == 6 and all(r["state"] == "running" and r["rss"] for r in rows)
+        return rows if ok else None
+
+    rows = wait_until(all_measured, 15, "RSS for every child, local and remote")
+    assert {r["node"] for r in rows} == {"a", "b"}
+    assert all(r["rss"] > 100_000 and r["cpu"] is not None for r in rows)
