@@ -148,5 +148,6 @@ def test_fuzz_control_socket(cluster: Cluster) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_fuzz_control_socket_long(cluster: Cluster) -> None:
     run_fuzz(cluster, int(os.environ.get("RINGD_FUZZ_EXAMPLES", "10000")))
