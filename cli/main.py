@@ -119,6 +119,30 @@ def emit(result: Any, render: Any) -> None:
         render(result)
 
 
+def wait_options(what: str, default: float = 30.0) -> Any:
+    """``--wait`` (return only once ``what``) and its ``--timeout``, for commands that
+    change state."""
+
+    def decorate(func: Any) -> Any:
+        func = click.option(
+            "--timeout",
+            type=float,
+            default=default,
+            show_default=True,
+            metavar="S",
+            help="How long --wait waits.",
+        )(func)
+        return click.option("--wait", is_flag=True, help=f"Return only once {what}.")(func)
+
+    return decorate
+
+
+def allow_wait(client: Client, wait: bool, timeout: float) -> None:
+    """Keep the socket open a little longer than the daemon will wait."""
+    if wait:
+        client.timeout = max(client.timeout or 0, timeout + REPLY_MARGIN)
+
+
 # -- formatting ----------------------------------------------------------------------
 
 
@@ -303,15 +327,7 @@ def cli(ctx: click.Context, socket_path: str) -> None:
     default=None,
     help="Hand state to the next instance via $RINGD_HANDOFF_FILE when it moves.",
 )
-@click.option("--wait", is_flag=True, help="Return only once it runs somewhere.")
-@click.option(
-    "--timeout",
-    type=float,
-    default=30.0,
-    show_default=True,
-    metavar="S",
-    help="How long --wait waits.",
-)
+@wait_options("it runs somewhere")
 @json_option
 @pass_client
 def start_child(
@@ -333,8 +349,7 @@ def start_child(
     if on := options.pop("on"):
         spec["on"] = parse_env(on, "--on")
     spec.update({key: value for key, value in options.items() if value is not None})
-    if wait:
-        client.timeout = max(client.timeout or 0, timeout + REPLY_MARGIN)
+    allow_wait(client, wait, timeout)
     result = call(client, "start_child", spec=spec, wait=wait, timeout=timeout)
 
     def render(row: dict[str, Any]) -> None:
@@ -453,21 +468,12 @@ def which_children(client: Client, local: bool, node: str | None, group: str | N
 
 @cli.command("delete-child")
 @click.argument("child_id", metavar="ID")
-@click.option("--wait", is_flag=True, help="Return only once it has stopped.")
-@click.option(
-    "--timeout",
-    type=float,
-    default=30.0,
-    show_default=True,
-    metavar="S",
-    help="How long --wait waits.",
-)
+@wait_options("it has stopped")
 @json_option
 @pass_client
 def delete_child(client: Client, child_id: str, wait: bool, timeout: float) -> None:
     """Delete a child: it is stopped wherever it runs and not restarted."""
-    if wait:
-        client.timeout = max(client.timeout or 0, timeout + REPLY_MARGIN)
+    allow_wait(client, wait, timeout)
     result = call(client, "delete_child", id=child_id, wait=wait, timeout=timeout)
 
     def render(row: dict[str, Any]) -> None:
@@ -819,21 +825,12 @@ if __name__ == "__main__":
 
 @cli.command("drain")
 @click.argument("node", metavar="N")
-@click.option("--wait", is_flag=True, help="Return only once its children have moved away.")
-@click.option(
-    "--timeout",
-    type=float,
-    default=60.0,
-    show_default=True,
-    metavar="S",
-    help="How long --wait waits.",
-)
+@wait_options("its children have moved away", 60.0)
 @json_option
 @pass_client
 def drain(client: Client, node: str, wait: bool, timeout: float) -> None:
     """Take node N out of the ring while it stays online: its children move away."""
-    if wait:
-        client.timeout = max(client.timeout or 0, timeout + REPLY_MARGIN)
+    allow_wait(client, wait, timeout)
     result = call(client, "drain", node=node, wait=wait, timeout=timeout)
     emit(
         result,

@@ -139,3 +139,33 @@ class Daemon:
 
 def child_argv(journal: Path, *extra: str) -> list[str]:
     return [sys.executable, CHILD, str(journal), *extra]
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def exchange(path: str, payload: bytes, *, half_close: bool = True) -> list[dict[str, Any]]:
+    """Send raw bytes to a control socket; the replies (all of them after a half-close,
+    else the first line)."""
+    import json
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(payload)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        else:
+            with sock.makefile("rb") as replies:
+                data = replies.readline()
+    return [json.loads(line) for line in data.splitlines()]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 from typing import TYPE_CHECKING
 
@@ -13,21 +12,10 @@ import pytest
 
 from ringd.protocol import MAX_LINE, RemoteError
 
+from .helpers import exchange
+
 if TYPE_CHECKING:
     from .conftest import Cluster
-
-
-def raw(path: str, payload: bytes, *, half_close: bool = True) -> list[dict]:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(path)
-        sock.sendall(payload)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return [json.loads(line) for line in data.splitlines()]
 
 
 def test_socket_is_not_world_accessible(cluster: Cluster) -> None:
@@ -61,7 +49,7 @@ def test_bad_requests_get_clear_errors(
     cluster: Cluster, payload: bytes, code: str, words: str
 ) -> None:
     node = cluster.daemon("n1") if "n1" not in cluster.daemons else cluster.daemons["n1"]
-    (reply,) = raw(node.socket, payload)
+    (reply,) = exchange(node.socket, payload)
     assert reply["ok"] is False
     assert reply["error"]["code"] == code
     assert words in reply["error"]["message"]
@@ -70,12 +58,12 @@ def test_bad_requests_get_clear_errors(
 
 def test_oversized_and_half_closed_connections(cluster: Cluster) -> None:
     node = cluster.daemon("n1")
-    (reply,) = raw(node.socket, b"x" * (MAX_LINE + 10))
+    (reply,) = exchange(node.socket, b"x" * (MAX_LINE + 10))
     assert reply["error"]["code"] == "protocol"
     assert "longer than" in reply["error"]["message"]
-    assert raw(node.socket, b'{"id": 1, "op": "ping"') == []  # half a line, then EOF
+    assert exchange(node.socket, b'{"id": 1, "op": "ping"') == []  # half a line, then EOF
     # Several requests on one connection, answered in order.
-    replies = raw(
+    replies = exchange(
         node.socket, b'{"id": 1, "op": "ping"}\n{"id": 2, "op": "nope"}\n{"id": 3, "op": "ping"}\n'
     )
     assert [(r["id"], r["ok"]) for r in replies] == [(1, True), (2, False), (3, True)]

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +18,8 @@ from hypothesis import strategies as st
 
 from ringd.errors import InvalidSpec
 from ringd.spec import parse_child
+
+from .helpers import exchange
 
 if TYPE_CHECKING:
     from .conftest import Cluster
@@ -100,21 +101,6 @@ def is_safe(line: bytes) -> bool:
     return spec["argv"][0] in SAFE_ARGV0
 
 
-def exchange(path: str, payload: bytes, half_close: bool) -> list[dict[str, Any]]:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(path)
-        sock.sendall(payload)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        else:
-            data = sock.makefile("rb").readline()
-    return [json.loads(line) for line in data.splitlines()]
-
-
 def run_fuzz(cluster: Cluster, examples: int) -> None:
     node = cluster.daemon("f")
     seen_codes: set[str] = set()
@@ -127,7 +113,7 @@ def run_fuzz(cluster: Cluster, examples: int) -> None:
     )
     @given(payload=requests.filter(is_safe), half_close=st.booleans())
     def check(payload: bytes, half_close: bool) -> None:
-        replies = exchange(node.socket, payload, half_close)
+        replies = exchange(node.socket, payload, half_close=half_close)
         assert len(replies) == 1, replies
         (reply,) = replies
         assert isinstance(reply, dict) and set(reply) >= {"id", "ok"}

@@ -12,7 +12,7 @@ import pytest
 
 from ringd.protocol import Client, RemoteError
 
-from .helpers import wait_until
+from .helpers import alive, wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -159,15 +159,7 @@ def test_hooks_run_in_order_for_other_nodes_and_failures_do_not_disturb(
     assert a.call("ping")["node"] == "a"
     # The hung hooks were killed, not left behind.
     for pid in map(int, hung_pids.read_text().split()):
-        wait_until(lambda pid=pid: not _alive(pid), 5, f"hung hook {pid} killed")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+        wait_until(lambda pid=pid: not alive(pid), 5, f"hung hook {pid} killed")
 
 
 def test_status_row_json_is_what_nodes_shows(cluster: Cluster) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import processes_with_env
+from .helpers import alive, processes_with_env
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -60,10 +60,10 @@ def test_quickstart_as_written(tmp_path: Path) -> None:
         for pid in pids:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
             time.sleep(0.1)
         for pid in pids:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         leftovers = [p for p, env in processes_with_env("RINGD_CHILD_ID=sleeper").items()]
         for pid in leftovers:
@@ -72,11 +72,3 @@ def test_quickstart_as_written(tmp_path: Path) -> None:
             ["rm", "-rf", "/tmp/rq-etcd", "/tmp/rq-n1", "/tmp/rq-n2", "/tmp/rq-n3"], check=False
         )
     assert not leftovers, "every child stopped with its daemon"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
