@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ringd import __version__
 from ringd.protocol import Client, RemoteError, Unreachable, default_socket_path
 
 if TYPE_CHECKING:
@@ -242,6 +243,7 @@ def state_text(state: str | None) -> Text:
     help="The ringd control socket.",
 )
 @json_option
+@click.version_option(__version__, prog_name="ringctl", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, socket_path: str) -> None:
     """Control ringd, the distributed process supervisor.
