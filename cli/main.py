@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.shell_completion import CompletionItem, get_completion_class
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -227,6 +228,47 @@ def state_text(state: str | None) -> Text:
     return Text(dash(state), style=STATE_STYLES.get(state or "", "red"))
 
 
+# -- shell completion ----------------------------------------------------------------
+
+# Shells whose completion script `ringctl completion SHELL` prints (click's own).
+SHELLS = ("bash", "zsh", "fish")
+# Completing names asks the daemon; a hung daemon must not hang the shell.
+COMPLETE_TIMEOUT = 1.0
+
+
+def _ask_daemon(ctx: click.Context, op: str, **args: Any) -> Any:
+    socket_path = ctx.find_root().params.get("socket_path") or default_socket_path()
+    try:
+        return Client(socket_path, timeout=COMPLETE_TIMEOUT).call(op, **args)
+    except (RemoteError, Unreachable, OSError, ValueError):
+        return None  # no daemon, no names: completion offers nothing rather than fail
+
+
+def complete_child_id(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Child ids from the daemon, for the ID argument of commands on existing children."""
+    rows = _ask_daemon(ctx, "which_children") or []
+    ids = sorted({str(row.get("id")) for row in rows if isinstance(row, dict)})
+    return [CompletionItem(i) for i in ids if i.startswith(incomplete)]
+
+
+def complete_group(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    rows = _ask_daemon(ctx, "which_children") or []
+    groups = sorted({str(r["group"]) for r in rows if isinstance(r, dict) and r.get("group")})
+    return [CompletionItem(g) for g in groups if g.startswith(incomplete)]
+
+
+def complete_node(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    rows = _ask_daemon(ctx, "nodes") or []
+    nodes = sorted({str(row.get("node")) for row in rows if isinstance(row, dict)})
+    return [CompletionItem(n) for n in nodes if n.startswith(incomplete)]
+
+
 # -- commands ------------------------------------------------------------------------
 
 
@@ -362,7 +404,7 @@ def parse_env(values: tuple[str, ...], option: str = "--env") -> dict[str, str]:
 
 
 @cli.command("find")
-@click.argument("child_id", metavar="ID")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
 @json_option
 @pass_client
 def find(client: Client, child_id: str) -> None:
@@ -410,8 +452,12 @@ def find(client: Client, child_id: str) -> None:
 
 @cli.command("which-children")
 @click.option("--local", is_flag=True, help="Only children running on this node.")
-@click.option("--node", metavar="N", help="Only children running on node N.")
-@click.option("--group", metavar="G", help="Only children of group G.")
+@click.option(
+    "--node", metavar="N", shell_complete=complete_node, help="Only children running on node N."
+)
+@click.option(
+    "--group", metavar="G", shell_complete=complete_group, help="Only children of group G."
+)
 @json_option
 @pass_client
 def which_children(client: Client, local: bool, node: str | None, group: str | None) -> None:
@@ -454,7 +500,7 @@ def which_children(client: Client, local: bool, node: str | None, group: str | N
 
 
 @cli.command("delete-child")
-@click.argument("child_id", metavar="ID")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
 @click.option("--wait", is_flag=True, help="Return only once it has stopped.")
 @click.option(
     "--timeout",
@@ -806,6 +852,27 @@ def status(client: Client) -> None:
         )
 
     emit(result, render)
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(SHELLS))
+@click.pass_context
+def completion(ctx: click.Context, shell: str) -> None:
+    """Print the completion script for bash, zsh or fish.
+
+    Enable it in the shell's start-up file:
+
+    \b
+      eval "$(ringctl completion bash)"   # ~/.bashrc
+      eval "$(ringctl completion zsh)"    # ~/.zshrc, after compinit
+      ringctl completion fish | source    # ~/.config/fish/config.fish
+    """
+    root = ctx.find_root()
+    prog = root.info_name or "ringctl"
+    complete_var = "_{}_COMPLETE".format(prog.replace("-", "_").replace(".", "_").upper())
+    shell_complete = get_completion_class(shell)
+    assert shell_complete is not None  # SHELLS are click's own
+    click.echo(shell_complete(root.command, {}, prog, complete_var).source())
 
 
 def main() -> None:
