@@ -67,17 +67,17 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd): unit NOT verified")
-    # verify checks that ExecStart's binary exists and that the Documentation=
-    # man pages are found by man(1): point both at this checkout.
-    ringd_bin = Path(sys.executable).with_name("ringd")
-    assert ringd_bin.exists(), f"{ringd_bin}: install the package (pip install -e .)"
-    unit = tmp_path / "ringd.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/ringd", str(ringd_bin)))
-    manpath = tmp_path / "man"
-    for page in (ROOT / "man").iterdir():
-        section = manpath / f"man{page.suffix[1:]}"
-        section.mkdir(parents=True, exist_ok=True)
-        shutil.copy(page, section)
+    # verify checks that ExecStart's binary exists and that man(1) finds the
+    # Documentation= pages: verify the unit as etc/install.sh installs it, into
+    # a prefix with this venv's ringd and the man pages.
+    prefix = tmp_path / "prefix"
+    subprocess.run(
+        ["sh", str(ROOT / "etc" / "install.sh"), "--bindir", str(Path(sys.executable).parent),
+         str(prefix)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    unit = prefix / "lib" / "systemd" / "system" / "ringd.service"
+    manpath = prefix / "share" / "man"
     env = dict(os.environ, MANPATH=str(manpath), SYSTEMD_LOG_LEVEL="notice")
 
     def verify(path: Path, *options: str) -> subprocess.CompletedProcess[str]:
