@@ -252,7 +252,7 @@ def test_ringd_page_documents_every_command_and_flag() -> None:
 
 def documented_keys() -> dict[str, str]:
     """ringd.toml(5) KEYS: key -> the text of its entry (``.TP`` then ``.B``/``.BR`` key)."""
-    keys: dict[str, str] = {}
+    keys: dict[str, list[str]] = {}
     lines = sections("ringd.toml.5")["KEYS"]
     current: list[str] | None = None
     for i, line in enumerate(lines):
