@@ -256,9 +256,17 @@ def complete_child_id(
 def complete_group(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
-    rows = _ask_daemon(ctx, "which_children") or []
-    groups = sorted({str(r["group"]) for r in rows if isinstance(r, dict) and r.get("group")})
+    rows = _ask_daemon(ctx, "groups") or []
+    groups = sorted({str(row.get("name")) for row in rows if isinstance(row, dict)})
     return [CompletionItem(g) for g in groups if g.startswith(incomplete)]
+
+
+def complete_signal(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Signal names as signal-child takes them (HUP, USR1, ...); no daemon needed."""
+    names = sorted(s.name.removeprefix("SIG") for s in signal.Signals if "_" not in s.name)
+    return [CompletionItem(n) for n in names if n.startswith(incomplete.upper())]
 
 
 def complete_node(
@@ -321,7 +329,9 @@ def cli(ctx: click.Context, socket_path: str) -> None:
     help="Environment variable for the child (repeatable).",
 )
 @click.option("--cwd", metavar="DIR", help="Working directory (absolute).")
-@click.option("--group", metavar="G", help="Group the child belongs to.")
+@click.option(
+    "--group", metavar="G", shell_complete=complete_group, help="Group the child belongs to."
+)
 @click.option(
     "--max-restarts", type=int, metavar="N", help="Give up after N restarts within --max-seconds."
 )
@@ -528,7 +538,7 @@ def delete_child(client: Client, child_id: str, wait: bool, timeout: float) -> N
 
 
 @cli.command("terminate-child")
-@click.argument("child_id", metavar="ID")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
 @json_option
 @pass_client
 def terminate_child(client: Client, child_id: str) -> None:
@@ -546,7 +556,7 @@ def terminate_child(client: Client, child_id: str) -> None:
 
 
 @cli.command("restart-child")
-@click.argument("child_id", metavar="ID")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
 @json_option
 @pass_client
 def restart_child(client: Client, child_id: str) -> None:
@@ -563,8 +573,8 @@ def restart_child(client: Client, child_id: str) -> None:
 
 
 @cli.command("signal-child")
-@click.argument("child_id", metavar="ID")
-@click.argument("sig", metavar="SIG")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
+@click.argument("sig", metavar="SIG", shell_complete=complete_signal)
 @json_option
 @pass_client
 def signal_child(client: Client, child_id: str, sig: str) -> None:
@@ -581,7 +591,7 @@ def signal_child(client: Client, child_id: str, sig: str) -> None:
 
 
 @cli.command("logs")
-@click.argument("child_id", metavar="ID")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
 @click.option(
     "-n",
     "--lines",
@@ -740,7 +750,7 @@ def groups(client: Client) -> None:
 
 
 @cli.command("delete-group")
-@click.argument("name", metavar="G")
+@click.argument("name", metavar="G", shell_complete=complete_group)
 @click.option("--force", is_flag=True, help="Delete it even if children use it (they wait for it).")
 @json_option
 @pass_client
@@ -761,7 +771,7 @@ def delete_group(client: Client, name: str, force: bool) -> None:
 
 
 @cli.command("reset-group")
-@click.argument("name", metavar="G")
+@click.argument("name", metavar="G", shell_complete=complete_group)
 @json_option
 @pass_client
 def reset_group(client: Client, name: str) -> None:
@@ -887,7 +897,7 @@ if __name__ == "__main__":
 
 
 @cli.command("drain")
-@click.argument("node", metavar="N")
+@click.argument("node", metavar="N", shell_complete=complete_node)
 @click.option("--wait", is_flag=True, help="Return only once its children have moved away.")
 @click.option(
     "--timeout",
@@ -913,7 +923,7 @@ def drain(client: Client, node: str, wait: bool, timeout: float) -> None:
 
 
 @cli.command("undrain")
-@click.argument("node", metavar="N")
+@click.argument("node", metavar="N", shell_complete=complete_node)
 @json_option
 @pass_client
 def undrain(client: Client, node: str) -> None:
@@ -923,7 +933,7 @@ def undrain(client: Client, node: str) -> None:
 
 
 @cli.command("forget-node")
-@click.argument("node", metavar="N")
+@click.argument("node", metavar="N", shell_complete=complete_node)
 @json_option
 @pass_client
 def forget_node(client: Client, node: str) -> None:

@@ -78,10 +78,12 @@ def test_bash_completes_commands_options_and_choices() -> None:
     ]
     assert bash_complete("ringctl which-children --lo") == ["--local"]
     assert bash_complete("ringctl completion ''") == list(SHELLS)
+    assert bash_complete("ringctl signal-child web US") == ["USR1", "USR2"]
 
 
 def test_bash_completes_names_from_the_daemon(cluster: Cluster, short_tmp: Path) -> None:
     node = cluster.daemon("n1")
+    node.call("create_group", spec={"name": "front"})
     for child in ("web-1", "web-2", "worker"):
         node.call(
             "start_child",
@@ -94,6 +96,10 @@ def test_bash_completes_names_from_the_daemon(cluster: Cluster, short_tmp: Path)
         "worker",
     ]
     assert bash_complete(f"ringctl --socket {node.socket} which-children --node ''") == ["n1"]
+    assert bash_complete(f"ringctl --socket {node.socket} drain ''") == ["n1"]
+    assert bash_complete(f"ringctl --socket {node.socket} reset-group f") == ["front"]
+    assert bash_complete(f"ringctl --socket {node.socket} start-child x --group ''") == ["front"]
+    assert bash_complete(f"ringctl --socket {node.socket} logs wo") == ["worker"]
 
     # No daemon: nothing to offer, and no error on the terminal.
     assert bash_complete(f"ringctl --socket {short_tmp / 'none.sock'} find w") == []
