@@ -280,6 +280,8 @@ def toml_defaults(value: Any) -> list[str]:
         return [f'"{value}"']
     if isinstance(value, list):
         return ["[" + ", ".join(f'"{v}"' for v in value) + "]"]
+    if isinstance(value, dict):
+        return ["{" + ", ".join(f'{k} = "{v}"' for k, v in value.items()) + "}"]
     raise AssertionError(f"no TOML rendering for {value!r}")
 
 
@@ -291,7 +293,7 @@ def test_ringd_toml_page_documents_every_key_and_its_default() -> None:
         text = documented[field.name]
         if field.default is not msgspec.NODEFAULT:
             expected = toml_defaults(field.default)
-        elif field.default_factory in (list, dict):
+        elif field.default_factory in (list, dict):  # [] and {} are worth stating
             expected = toml_defaults(field.default_factory())
         else:
             expected = [""]  # computed at start-up: the page says how, after "Default:"
