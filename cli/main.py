@@ -17,11 +17,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.shell_completion import CompletionItem, get_completion_class
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ringd import __version__
 from ringd.protocol import Client, RemoteError, Unreachable, default_socket_path
 
 if TYPE_CHECKING:
@@ -250,6 +252,55 @@ def state_text(state: str | None) -> Text:
     return Text(dash(state), style=STATE_STYLES.get(state or "", "red"))
 
 
+# -- shell completion ----------------------------------------------------------------
+
+# Shells whose completion script `ringctl completion SHELL` prints (click's own).
+SHELLS = ("bash", "zsh", "fish")
+# Completing names asks the daemon; a hung daemon must not hang the shell.
+COMPLETE_TIMEOUT = 1.0
+
+
+def _ask_daemon(ctx: click.Context, op: str, **args: Any) -> Any:
+    socket_path = ctx.find_root().params.get("socket_path") or default_socket_path()
+    try:
+        return Client(socket_path, timeout=COMPLETE_TIMEOUT).call(op, **args)
+    except (RemoteError, Unreachable, OSError, ValueError):
+        return None  # no daemon, no names: completion offers nothing rather than fail
+
+
+def complete_child_id(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Child ids from the daemon, for the ID argument of commands on existing children."""
+    rows = _ask_daemon(ctx, "which_children") or []
+    ids = sorted({str(row.get("id")) for row in rows if isinstance(row, dict)})
+    return [CompletionItem(i) for i in ids if i.startswith(incomplete)]
+
+
+def complete_group(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    rows = _ask_daemon(ctx, "groups") or []
+    groups = sorted({str(row.get("name")) for row in rows if isinstance(row, dict)})
+    return [CompletionItem(g) for g in groups if g.startswith(incomplete)]
+
+
+def complete_signal(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Signal names as signal-child takes them (HUP, USR1, ...); no daemon needed."""
+    names = sorted(s.name.removeprefix("SIG") for s in signal.Signals if "_" not in s.name)
+    return [CompletionItem(n) for n in names if n.startswith(incomplete.upper())]
+
+
+def complete_node(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    rows = _ask_daemon(ctx, "nodes") or []
+    nodes = sorted({str(row.get("node")) for row in rows if isinstance(row, dict)})
+    return [CompletionItem(n) for n in nodes if n.startswith(incomplete)]
+
+
 # -- commands ------------------------------------------------------------------------
 
 
@@ -266,6 +317,7 @@ def state_text(state: str | None) -> Text:
     help="The ringd control socket.",
 )
 @json_option
+@click.version_option(__version__, prog_name="ringctl", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, socket_path: str) -> None:
     """Control ringd, the distributed process supervisor.
@@ -301,7 +353,9 @@ def cli(ctx: click.Context, socket_path: str) -> None:
     help="Environment variable for the child (repeatable).",
 )
 @click.option("--cwd", metavar="DIR", help="Working directory (absolute).")
-@click.option("--group", metavar="G", help="Group the child belongs to.")
+@click.option(
+    "--group", metavar="G", shell_complete=complete_group, help="Group the child belongs to."
+)
 @click.option(
     "--max-restarts", type=int, metavar="N", help="Give up after N restarts within --max-seconds."
 )
@@ -375,7 +429,7 @@ def parse_env(values: tuple[str, ...], option: str = "--env") -> dict[str, str]:
 
 
 @cli.command("find")
-@click.argument("child_id", metavar="ID")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
 @json_option
 @pass_client
 def find(client: Client, child_id: str) -> None:
@@ -423,8 +477,12 @@ def find(client: Client, child_id: str) -> None:
 
 @cli.command("which-children")
 @click.option("--local", is_flag=True, help="Only children running on this node.")
-@click.option("--node", metavar="N", help="Only children running on node N.")
-@click.option("--group", metavar="G", help="Only children of group G.")
+@click.option(
+    "--node", metavar="N", shell_complete=complete_node, help="Only children running on node N."
+)
+@click.option(
+    "--group", metavar="G", shell_complete=complete_group, help="Only children of group G."
+)
 @json_option
 @pass_client
 def which_children(client: Client, local: bool, node: str | None, group: str | None) -> None:
@@ -467,7 +525,7 @@ def which_children(client: Client, local: bool, node: str | None, group: str | N
 
 
 @cli.command("delete-child")
-@click.argument("child_id", metavar="ID")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
 @wait_options("it has stopped")
 @json_option
 @pass_client
@@ -486,7 +544,7 @@ def delete_child(client: Client, child_id: str, wait: bool, timeout: float) -> N
 
 
 @cli.command("terminate-child")
-@click.argument("child_id", metavar="ID")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
 @json_option
 @pass_client
 def terminate_child(client: Client, child_id: str) -> None:
@@ -504,7 +562,7 @@ def terminate_child(client: Client, child_id: str) -> None:
 
 
 @cli.command("restart-child")
-@click.argument("child_id", metavar="ID")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
 @json_option
 @pass_client
 def restart_child(client: Client, child_id: str) -> None:
@@ -521,8 +579,8 @@ def restart_child(client: Client, child_id: str) -> None:
 
 
 @cli.command("signal-child")
-@click.argument("child_id", metavar="ID")
-@click.argument("sig", metavar="SIG")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
+@click.argument("sig", metavar="SIG", shell_complete=complete_signal)
 @json_option
 @pass_client
 def signal_child(client: Client, child_id: str, sig: str) -> None:
@@ -539,7 +597,7 @@ def signal_child(client: Client, child_id: str, sig: str) -> None:
 
 
 @cli.command("logs")
-@click.argument("child_id", metavar="ID")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
 @click.option(
     "-n",
     "--lines",
@@ -698,7 +756,7 @@ def groups(client: Client) -> None:
 
 
 @cli.command("delete-group")
-@click.argument("name", metavar="G")
+@click.argument("name", metavar="G", shell_complete=complete_group)
 @click.option("--force", is_flag=True, help="Delete it even if children use it (they wait for it).")
 @json_option
 @pass_client
@@ -719,7 +777,7 @@ def delete_group(client: Client, name: str, force: bool) -> None:
 
 
 @cli.command("reset-group")
-@click.argument("name", metavar="G")
+@click.argument("name", metavar="G", shell_complete=complete_group)
 @json_option
 @pass_client
 def reset_group(client: Client, name: str) -> None:
@@ -812,19 +870,32 @@ def status(client: Client) -> None:
     emit(result, render)
 
 
-def main() -> None:
-    cli(prog_name="ringctl")
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(SHELLS))
+@click.pass_context
+def completion(ctx: click.Context, shell: str) -> None:
+    """Print the completion script for bash, zsh or fish.
 
+    Enable it in the shell's start-up file:
 
-if __name__ == "__main__":
-    main()
+    \b
+      eval "$(ringctl completion bash)"   # ~/.bashrc
+      eval "$(ringctl completion zsh)"    # ~/.zshrc, after compinit
+      ringctl completion fish | source    # ~/.config/fish/config.fish
+    """
+    root = ctx.find_root()
+    prog = root.info_name or "ringctl"
+    complete_var = "_{}_COMPLETE".format(prog.replace("-", "_").replace(".", "_").upper())
+    shell_complete = get_completion_class(shell)
+    assert shell_complete is not None  # SHELLS are click's own
+    click.echo(shell_complete(root.command, {}, prog, complete_var).source())
 
 
 # -- membership ----------------------------------------------------------------------
 
 
 @cli.command("drain")
-@click.argument("node", metavar="N")
+@click.argument("node", metavar="N", shell_complete=complete_node)
 @wait_options("its children have moved away", 60.0)
 @json_option
 @pass_client
@@ -841,7 +912,7 @@ def drain(client: Client, node: str, wait: bool, timeout: float) -> None:
 
 
 @cli.command("undrain")
-@click.argument("node", metavar="N")
+@click.argument("node", metavar="N", shell_complete=complete_node)
 @json_option
 @pass_client
 def undrain(client: Client, node: str) -> None:
@@ -851,7 +922,7 @@ def undrain(client: Client, node: str) -> None:
 
 
 @cli.command("forget-node")
-@click.argument("node", metavar="N")
+@click.argument("node", metavar="N", shell_complete=complete_node)
 @json_option
 @pass_client
 def forget_node(client: Client, node: str) -> None:
@@ -896,3 +967,11 @@ def watch(client: Client, what: str) -> None:
             console.print(escape(line), highlight=False, soft_wrap=True)
 
     stream_events(client, show, "watch", what=what)
+
+
+def main() -> None:
+    cli(prog_name="ringctl")
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,7 @@ from .hooks import Hooks
 from .keys import Keys
 from .membership import Membership
 from .reconciler import Reconciler
+from .sdnotify import Notifier
 from .standalone import PrivateEtcd
 from .supervisor import Supervisor
 from .view import ClusterView
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 async def run(config: Config) -> None:
     """Run the daemon until SIGTERM or SIGINT, then leave the cluster cleanly."""
+    # First, before anything is spawned: it takes systemd's variables out of the
+    # environment that the private etcd, the guard and the children inherit.
+    notifier = Notifier.from_environ()
     state_dir = Path(config.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     private: PrivateEtcd | None = None
@@ -43,18 +47,19 @@ async def run(config: Config) -> None:
     if config.standalone:
         private = PrivateEtcd(state_dir / "etcd", log_path=state_dir / "etcd.log")
         logger.info("standalone mode: starting a private etcd in %s", private.data_dir)
+        notifier.status("starting the private etcd")
         private.spawn(die_with_parent=True)  # on the main thread: see spawn()
         await trio.to_thread.run_sync(private.wait_ready)
         endpoints = [private.url]
     try:
-        await _serve(config, endpoints)
+        await _serve(config, endpoints, notifier)
     finally:
         if private is not None:
             logger.info("stopping the private etcd")
             await trio.to_thread.run_sync(private.stop)
 
 
-async def _serve(config: Config, endpoints: list[str]) -> None:
+async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> None:
     etcd = Etcd(
         endpoints,
         timeout=config.etcd_timeout,
@@ -113,9 +118,17 @@ async def _serve(config: Config, endpoints: list[str]) -> None:
         mode=config.socket_mode,
         group=config.socket_group,
     )
+    serving = f"serving: node {config.name}, cluster {config.cluster}, socket {config.socket}"
+
+    def status() -> str:
+        if membership.fenced:
+            return "fenced: etcd unreachable, local children stopped; retrying"
+        return serving
+
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
+                notifier.status(f"registering with etcd at {', '.join(endpoints)}")
                 await nursery.start(view.run)
                 await nursery.start(supervisor.run)
                 await nursery.start(membership.run)
@@ -146,9 +159,13 @@ async def _serve(config: Config, endpoints: list[str]) -> None:
                     "ringd %s ready: node %s, cluster %s, socket %s",
                     os.getpid(), config.name, config.cluster, config.socket,
                 )  # fmt: skip
+                notifier.ready(serving)  # registered in etcd and serving the socket
+                if notifier.enabled:  # systemd arms the watchdog at READY=1
+                    nursery.start_soon(notifier.run, status)
                 async for signum in signals:
                     logger.info("%s: leaving the cluster", signal.Signals(signum).name)
                     break
+                notifier.stopping("leaving the cluster: stopping children, releasing claims")
                 await _leave(config, reconciler, membership)
                 nursery.cancel_scope.cancel()
         guard.close()

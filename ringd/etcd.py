@@ -309,7 +309,9 @@ class Etcd:
         stop = threading.Event()
 
         def put(item: Any) -> None:  # on the trio thread
-            with contextlib.suppress(trio.ClosedResourceError):
+            # The watcher may be gone (shutdown): an exception raised here, in a
+            # run_sync_soon callback, would be a TrioInternalError, crashing the daemon.
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 send.send_nowait(item)
 
         def deliver(item: Any) -> None:  # from the pump thread
