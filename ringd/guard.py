@@ -23,16 +23,19 @@ import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 logger = logging.getLogger(__name__)
 
 
-def instance_pids(token: str, child_id: str | None = None) -> list[int]:
+def instance_pids(token: str, child_ids: Collection[str] | None = None) -> list[int]:
     """Pids of the processes whose environment holds ``RINGD_INSTANCE=token``
-    (and ``RINGD_CHILD_ID=child_id`` when given)."""
-    markers = [f"RINGD_INSTANCE={token}".encode()]
-    if child_id is not None:
-        markers.append(f"RINGD_CHILD_ID={child_id}".encode())
+    (and ``RINGD_CHILD_ID`` in ``child_ids`` when given)."""
+    marker = f"RINGD_INSTANCE={token}".encode()
+    wanted = None if child_ids is None else {f"RINGD_CHILD_ID={i}".encode() for i in child_ids}
     me = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
@@ -40,20 +43,29 @@ def instance_pids(token: str, child_id: str | None = None) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
+                raw = f.read()
         except OSError:
             continue
-        if all(marker in env for marker in markers):
+        if marker not in raw:  # cheap test first: almost every process fails it
+            continue
+        env = set(raw.split(b"\0"))
+        if marker in env and (wanted is None or not wanted.isdisjoint(env)):
             found.append(int(entry))
     return found
 
 
-def kill_instance(token: str, child_id: str | None = None) -> int:
-    """SIGKILL every process of the instance (or of one child of it) and its process
-    group; returns how many."""
+def kill_instance(
+    token: str, child_ids: Collection[str] | None = None, spare_groups: Collection[int] = ()
+) -> int:
+    """SIGKILL every process of the instance (or of some of its children) and its
+    process group, except those in ``spare_groups`` (running children); returns how many."""
     killed = 0
     for _ in range(5):  # again, for anything forked while we were killing
-        pids = instance_pids(token, child_id)
+        pids = []
+        for pid in instance_pids(token, child_ids):
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) not in spare_groups:
+                    pids.append(pid)
         if not pids:
             break
         for pid in pids:

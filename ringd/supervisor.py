@@ -215,6 +215,8 @@ class Supervisor:
         self.children: dict[str, Child] = {}  # in start order
         self.groups: dict[str, LocalGroup] = {}  # named groups with members here
         self._nursery: trio.Nursery | None = None
+        self._to_sweep: set[str] = set()
+        self._sweep_wanted = trio.Event()
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("RINGD_")}
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -223,12 +225,27 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
-                await trio.sleep_forever()
+                await self._sweep_escapees()
         finally:
             # However we are cancelled, leave no child running.
             for child in self.children.values():
                 if child.pid is not None:
                     kill_group(child.pid, signal.SIGKILL)
+
+    async def _sweep_escapees(self) -> None:
+        """Kill processes of stopped children that left their process group (a
+        grandchild in a session of its own): one /proc scan per batch of stops."""
+        while True:
+            await self._sweep_wanted.wait()
+            await trio.sleep(0.05)  # let a burst of stops (a move) share one scan
+            self._sweep_wanted = trio.Event()
+            ids, self._to_sweep = self._to_sweep, set()
+            running = {c.pid for c in self.children.values() if c.pid is not None}
+            killed = await trio.to_thread.run_sync(kill_instance, self.instance, ids, running)
+            if killed:
+                logger.warning(
+                    "killed %d escaped processes of stopped children %s", killed, sorted(ids)
+                )
 
     # -- commands ---------------------------------------------------------------------
 
@@ -288,8 +305,9 @@ class Supervisor:
     async def stop(self, child_id: str, *, sweep: bool = True) -> None:
         """Stop a child (its stop signal, then SIGKILL after its timeout) and forget it.
 
-        ``sweep`` also kills processes of the child that left its process group
-        (a /proc scan: skipped at shutdown, where the guard sweeps once for all).
+        ``sweep`` then also kills, soon after, processes of the child that left its
+        process group (one /proc scan for a batch of stops; skipped at shutdown,
+        where the guard sweeps once for all).
         """
         child = self.children.get(child_id)
         if child is None:
@@ -302,7 +320,8 @@ class Supervisor:
                 self.groups.pop(child.group.name, None)
             del self.children[child_id]
         if sweep:
-            await trio.to_thread.run_sync(kill_instance, self.instance, child.spec.id)
+            self._to_sweep.add(child.spec.id)
+            self._sweep_wanted.set()
 
     async def stop_all(self) -> None:
         """Stop every child, in reverse start order."""

@@ -17,7 +17,7 @@ import pytest
 
 from ringd.standalone import PrivateEtcd
 
-from .helpers import Daemon, kill_pids, processes_with_env
+from .helpers import Daemon, descendants, kill_pids, processes_with_env
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -72,11 +72,16 @@ class Cluster:
             d.start()
         return d
 
-    def children(self) -> dict[int, dict[str, str]]:
-        """Live child processes of this cluster's daemons, pid -> environment."""
+    def children(self, *, below_us: bool = False) -> dict[int, dict[str, str]]:
+        """Live child processes of this cluster's daemons, pid -> environment.
+
+        ``below_us`` looks only below this test process (fast, for samplers): it
+        misses children whose daemon has died, which the full scan finds.
+        """
+        among = descendants(os.getpid()) if below_us else None
         return {
             pid: env
-            for pid, env in processes_with_env("RINGD_CHILD_ID=").items()
+            for pid, env in processes_with_env("RINGD_CHILD_ID=", among).items()
             if env.get("TEST_CLUSTER") == self.name
         }
 

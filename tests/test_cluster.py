@@ -30,10 +30,10 @@ def running_rows(daemon, expected: int):
     return rows if len(rows) == expected and len(live) == expected else None
 
 
-def placement(cluster: Cluster) -> dict[str, list[tuple[int, str]]]:
+def placement(cluster: Cluster, *, below_us: bool = False) -> dict[str, list[tuple[int, str]]]:
     """child id -> [(pid, node)] of the live child processes."""
     where: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for pid, env in cluster.children().items():
+    for pid, env in cluster.children(below_us=below_us).items():
         # A child's own processes all carry its id; count the process group leader only.
         if env.get("TEST_ROLE") != "grandchild":
             where[env["RINGD_CHILD_ID"]].append((pid, env["RINGD_NODE"]))
@@ -52,7 +52,7 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for child_id, instances in placement(self.cluster).items():
+            for child_id, instances in placement(self.cluster, below_us=True).items():
                 if len(instances) > 1:
                     self.violations.append((time.monotonic(), child_id, instances))
             self.samples += 1

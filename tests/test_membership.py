@@ -85,9 +85,14 @@ def test_watch_streams_node_and_child_events_in_order(cluster: Cluster) -> None:
     thread.start()
     ready.wait(5)
     # The stream is attached once it reports a change made after it was opened.
-    a.call("start_child", spec={"id": "sentinel", "argv": ["sleep", "600"], "env": {"TEST_CLUSTER": cluster.name}})
+    a.call(
+        "start_child",
+        spec={"id": "sentinel", "argv": ["sleep", "600"], "env": {"TEST_CLUSTER": cluster.name}},
+    )
     wait_until(
-        lambda: any(e.get("id") == "sentinel" and e.get("state") == "running" for e in events), 10, "the watch attached"
+        lambda: any(e.get("id") == "sentinel" and e.get("state") == "running" for e in events),
+        10,
+        "the watch attached",
     )
     events.clear()
     b = cluster.daemon("b")

@@ -42,3 +42,18 @@ def test_daemon_death_leaves_no_process_of_the_tree(cluster: Cluster, how: str) 
     else:
         assert node.stop() == 0
     wait_until(lambda: not cluster.children(), 3, "the whole tree gone")
+
+
+def test_stopping_a_child_also_stops_what_escaped_its_group(cluster: Cluster) -> None:
+    node = cluster.daemon("n1")
+    env = {"TEST_CLUSTER": cluster.name}
+    node.call(
+        "start_child", spec={"id": "forker", "argv": [sys.executable, "-c", FORKER], "env": env}
+    )
+    node.call("start_child", spec={"id": "bystander", "argv": ["sleep", "600"], "env": env})
+    wait_until(lambda: len(cluster.children()) == 3, 10, "forker, its grandchild and the bystander")
+    node.call("delete_child", id="forker", wait=True, timeout=10)
+    left = wait_until(
+        lambda: (c := cluster.children()) and len(c) == 1 and c, 5, "only the bystander left"
+    )
+    assert [env["RINGD_CHILD_ID"] for env in left.values()] == ["bystander"]
