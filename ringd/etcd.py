@@ -315,9 +315,14 @@ class Etcd:
             yield etcdrpc.WatchRequest(create_request=create)
             stop.wait()  # keeps the request side of the stream open until we cancel
 
-        call = etcdrpc.WatchStub(client.channel).Watch(
-            requests(), credentials=client.call_credentials, metadata=client.metadata
-        )
+        try:
+            call = etcdrpc.WatchStub(client.channel).Watch(
+                requests(), credentials=client.call_credentials, metadata=client.metadata
+            )
+        except (ValueError, grpc.RpcError) as exc:
+            # Another task's failed call closed this client since we took it
+            # ("Cannot invoke RPC: Channel closed!"): a broken watch, not a crash.
+            raise WatchBroken(f"watch stream failed: {exc}") from exc
 
         def pump() -> None:  # in its own thread: blocks on the stream
             try:
