@@ -278,7 +278,18 @@ class Etcd:
         return await self._call(fn)
 
     async def revoke(self, lease_id: int) -> None:
-        await self._call(lambda c: c.revoke_lease(lease_id))
+        """Revoke a lease; one that is already gone (expired, revoked) is no error."""
+
+        def fn(c: Any) -> None:
+            try:
+                c.revoke_lease(lease_id)
+            except grpc.RpcError as exc:
+                # etcd's answer, not a broken connection: do not drop the client
+                # (and with it the watch stream on its channel).
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+
+        await self._call(fn)
 
     # -- watches ---------------------------------------------------------------------
 

@@ -30,3 +30,16 @@ async def test_watch_on_a_client_another_task_just_closed_is_a_broken_watch(
     finally:
         etcd.close()
 
+
+async def test_revoking_a_lease_that_is_gone_is_no_error_and_keeps_the_client(
+    etcd_url: str,
+) -> None:
+    etcd = Etcd([etcd_url])
+    try:
+        lease, _ = await etcd.grant(2)
+        await etcd.revoke(lease)
+        client = etcd._client
+        await etcd.revoke(lease)  # etcd answers NOT_FOUND: etcd is fine, so is the client
+        assert etcd._client is client
+    finally:
+        etcd.close()
