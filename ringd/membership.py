@@ -152,6 +152,12 @@ class Membership:
             existing = await self.etcd.get(alive_key)
             if existing is not None:
                 old = decode(existing)
+                if existing.lease and old.get("instance") == self.instance:
+                    # Our own key from before we fenced (etcd restored its lease when
+                    # it restarted): our children are dead, so let it go at once.
+                    logger.info("revoking this daemon's lease from before it fenced")
+                    await self.etcd.revoke(existing.lease)
+                    continue
                 if existing.lease and self._is_dead_incarnation(old):
                     logger.info(
                         "revoking the lease of this node's dead predecessor (pid %s)",
@@ -262,6 +268,11 @@ class Membership:
     async def _recover(self) -> None:
         """After fencing: drop the old lease (its claims go with it) and register anew."""
         old, self.lease_id = self.lease_id, None
+        # Releasing the lease frees our claims: first make sure that nothing of ours
+        # survived the fence, not even a grandchild that left its process group.
+        from .guard import kill_instance
+
+        await trio.to_thread.run_sync(kill_instance, self.instance)
         if old is not None:
             try:
                 await self.etcd.revoke(old)
