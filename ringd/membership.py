@@ -209,6 +209,10 @@ class Membership:
 
     async def _register_until_done(self) -> None:
         backoff = 0.1
+        # Children come back only once we are registered again: after an etcd outage,
+        # retry at most every TTL / 4 (jittered), not 5 s, so that they are back
+        # within TTL + a little of etcd's return.
+        max_backoff = min(5.0, self.config.lease_ttl / 4)
         while True:
             try:
                 await self._register()
@@ -216,7 +220,7 @@ class Membership:
             except EtcdUnavailable as exc:
                 logger.warning("cannot register with etcd: %s", exc)
             await trio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, max_backoff)
 
     # -- running ----------------------------------------------------------------------
 
