@@ -184,10 +184,12 @@ class Membership:
             break
         status_kv = await self.etcd.get(self.keys.status(self.node))
         previous = decode(status_kv)
-        if previous.get("status") == "online":
-            reason = "restarted (the previous daemon ended without leaving)"
-        elif self._registered_once:
+        if self._registered_once:
+            # This same daemon, after fencing: its row may still say online (nobody
+            # could mark it offline while etcd was away), but it did not restart.
             reason = "rejoined"
+        elif previous.get("status") == "online":
+            reason = "restarted (the previous daemon ended without leaving)"
         else:
             reason = "joined"
         await self._write_status("online", reason)
