@@ -107,6 +107,19 @@ class Etcd:
         for url in self.endpoints:
             if urlsplit(url).scheme == "https" and not self.tls.ca_cert:
                 raise ConfigError(f"etcd: {url} is https but etcd_ca_cert is not set")
+        # The etcd3 client reads these files when it connects, in a worker thread,
+        # where a missing one was an uncaught FileNotFoundError: check them now.
+        for name, path in (
+            ("etcd_ca_cert", self.tls.ca_cert),
+            ("etcd_cert", self.tls.cert),
+            ("etcd_key", self.tls.key),
+        ):
+            if path is not None:
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError as exc:
+                    raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from exc
 
     @property
     def endpoint(self) -> str:
