@@ -16,7 +16,14 @@ from ringd.standalone import PrivateEtcd
 from .conftest import Cluster
 from .helpers import wait_until
 from .test_cluster import running_rows
-from .test_faults import assert_running, check_lives, each_once, placed, start_children
+from .test_faults import (
+    assert_running,
+    check_lives,
+    each_once,
+    placed,
+    settled,
+    start_children,
+)
 from .timeline import Timeline
 
 if TYPE_CHECKING:
@@ -49,7 +56,7 @@ def test_etcd_outage_loses_nothing_and_children_return_soon_after_etcd(
         pids = [d.pid for d in nodes]
         with Timeline(cluster.name) as timeline:
             ids = start_children(cluster, nodes[0], journal, 15)
-            wait_until(lambda: each_once(timeline, ids, {"n1", "n2", "n3"}), 10, "each once")
+            settled(timeline, journal, ids, {"n1", "n2", "n3"})
 
             down_at = time.monotonic()
             own_etcd.stop()
