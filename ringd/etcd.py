@@ -374,7 +374,11 @@ class Etcd:
         stop = threading.Event()
 
         def put(item: Any) -> None:  # on the trio thread
-            with contextlib.suppress(trio.ClosedResourceError):
+            # After the watch ended: send closed (ClosedResourceError) or, before
+            # that, receive closed (BrokenResourceError). Either way the item is
+            # moot, and raising here (a run_sync_soon callback) would be a
+            # TrioInternalError that ends the daemon.
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 send.send_nowait(item)
 
         def deliver(item: Any) -> None:  # from the pump thread
