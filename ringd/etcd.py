@@ -15,10 +15,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
+
+# gRPC's core logs every failed TLS handshake to stderr at INFO, in a format of its
+# own, several times per attempt; describe() below logs the reason once per attempt
+# instead. It reads GRPC_VERBOSITY when grpc is first imported, which is here (the
+# daemon imports this module lazily); an operator's own setting wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import etcd3
 import etcd3.exceptions
@@ -75,6 +83,51 @@ def _kv(raw: Any) -> KV:
     )
 
 
+# "... Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL:
+# error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get
+# local issuer certificate: OK" -> ("CERTIFICATE_VERIFY_FAILED", "unable to get ...")
+_SSL_REASON = re.compile(r"OPENSSL_internal:([A-Z0-9_]+)(?::\s*(.*))?$")
+_HINTS = {
+    "CERTIFICATE_VERIFY_FAILED": "is etcd_ca_cert the CA that signed etcd's certificate?",
+    "SSLV3_ALERT_BAD_CERTIFICATE": (
+        "etcd rejected the client certificate: set etcd_cert and etcd_key to one signed "
+        "by a CA that etcd trusts (--trusted-ca-file)"
+    ),
+    "TLSV1_ALERT_UNKNOWN_CA": "etcd does not trust the CA of etcd_cert",
+    "TLSV1_ALERT_CERTIFICATE_REQUIRED": "etcd wants a client certificate (etcd_cert, etcd_key)",
+    "WRONG_VERSION_NUMBER": "is this endpoint https? (etcd answered without TLS)",
+}
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying why an etcd call failed, with a hint when it is a setting.
+
+    etcd3 turns gRPC errors into its own exceptions (``ConnectionFailedError``
+    says only "etcd connection failed"), raised while handling the gRPC error:
+    the gRPC status, with the TLS or auth reason, is in ``__context__``.
+    """
+    rpc = exc if isinstance(exc, grpc.RpcError) else exc.__context__
+    if not isinstance(rpc, grpc.RpcError) or not hasattr(rpc, "code"):
+        return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    code = rpc.code()
+    details = re.sub(r":\s*OK$", "", (rpc.details() or "").strip())
+    if "handshake failed" in details.lower():
+        hint = "check etcd_ca_cert, etcd_cert and etcd_key"
+        match = _SSL_REASON.search(details)
+        if match is None:
+            return f"TLS handshake failed: {details} ({hint})"
+        reason = match.group(1) + (f": {match.group(2)}" if match.group(2) else "")
+        return f"TLS handshake failed: {reason} ({_HINTS.get(match.group(1), hint)})"
+    details = details.removeprefix("etcdserver: ")
+    if code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
+        return f"{details} (check etcd_user and etcd_password)"
+    if "user name is empty" in details:
+        return "etcd has auth enabled: set etcd_user and etcd_password"
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return f"{details} (the etcd user needs read and write on the key prefix)"
+    return f"{code.name}: {details}" if details else code.name
+
+
 def _prefix_end(prefix: str) -> bytes:
     return etcd3.utils.increment_last_byte(prefix.encode())
 
@@ -108,6 +161,19 @@ class Etcd:
         for url in self.endpoints:
             if urlsplit(url).scheme == "https" and not self.tls.ca_cert:
                 raise ConfigError(f"etcd: {url} is https but etcd_ca_cert is not set")
+        # The etcd3 client reads these files when it connects, in a worker thread,
+        # where a missing one was an uncaught FileNotFoundError: check them now.
+        for name, path in (
+            ("etcd_ca_cert", self.tls.ca_cert),
+            ("etcd_cert", self.tls.cert),
+            ("etcd_key", self.tls.key),
+        ):
+            if path is not None:
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError as exc:
+                    raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from exc
 
     @property
     def endpoint(self) -> str:
@@ -166,17 +232,13 @@ class Etcd:
             self._drop_client(box[0] if box else self._client)
             raise EtcdUnavailable(endpoint, "timed out") from None
         except (
-            etcd3.exceptions.ConnectionFailedError,
-            etcd3.exceptions.ConnectionTimeoutError,
-            etcd3.exceptions.InternalServerError,
+            etcd3.exceptions.Etcd3Exception,
             grpc.RpcError,
             ValueError,  # "Cannot invoke RPC on closed channel!"
         ) as exc:
             endpoint = self.endpoint
             self._drop_client(box[0] if box else self._client)
-            raise EtcdUnavailable(
-                endpoint, type(exc).__name__ + (f": {exc}" if str(exc) else "")
-            ) from exc
+            raise EtcdUnavailable(endpoint, describe(exc)) from exc
 
     def close(self) -> None:
         self._drop_client(self._client)
@@ -286,7 +348,18 @@ class Etcd:
         return await self._call("keepalive", fn)
 
     async def revoke(self, lease_id: int) -> None:
-        await self._call("revoke", lambda c: c.revoke_lease(lease_id))
+        """Revoke a lease; one that is already gone (expired, revoked) is no error."""
+
+        def fn(c: Any) -> None:
+            try:
+                c.revoke_lease(lease_id)
+            except grpc.RpcError as exc:
+                # etcd's answer, not a broken connection: do not drop the client
+                # (and with it the watch stream on its channel).
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+
+        await self._call("revoke", fn)
 
     # -- watches ---------------------------------------------------------------------
 
@@ -309,8 +382,10 @@ class Etcd:
         stop = threading.Event()
 
         def put(item: Any) -> None:  # on the trio thread
-            # The watcher may be gone (shutdown): an exception raised here, in a
-            # run_sync_soon callback, would be a TrioInternalError, crashing the daemon.
+            # After the watch ended: send closed (ClosedResourceError) or, before
+            # that, receive closed (BrokenResourceError). Either way the item is
+            # moot, and raising here (a run_sync_soon callback) would be a
+            # TrioInternalError that ends the daemon.
             with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 send.send_nowait(item)
 
@@ -325,9 +400,14 @@ class Etcd:
             yield etcdrpc.WatchRequest(create_request=create)
             stop.wait()  # keeps the request side of the stream open until we cancel
 
-        call = etcdrpc.WatchStub(client.channel).Watch(
-            requests(), credentials=client.call_credentials, metadata=client.metadata
-        )
+        try:
+            call = etcdrpc.WatchStub(client.channel).Watch(
+                requests(), credentials=client.call_credentials, metadata=client.metadata
+            )
+        except (ValueError, grpc.RpcError) as exc:
+            # Another task's failed call closed this client since we took it
+            # ("Cannot invoke RPC: Channel closed!"): a broken watch, not a crash.
+            raise WatchBroken(f"watch stream failed: {exc}") from exc
 
         def pump() -> None:  # in its own thread: blocks on the stream
             try:

@@ -153,6 +153,12 @@ class Membership:
             existing = await self.etcd.get(alive_key)
             if existing is not None:
                 old = decode(existing)
+                if existing.lease and old.get("instance") == self.instance:
+                    # Our own key from before we fenced (etcd restored its lease when
+                    # it restarted): our children are dead, so let it go at once.
+                    logger.info("revoking this daemon's lease from before it fenced")
+                    await self.etcd.revoke(existing.lease)
+                    continue
                 if existing.lease and self._is_dead_incarnation(old):
                     logger.info(
                         "revoking the lease of this node's dead predecessor (pid %s)",
@@ -180,12 +186,14 @@ class Membership:
         status_kv = await self.etcd.get(self.keys.status(self.node))
         previous = decode(status_kv)
         if self._fence_reason:
+            # This same daemon, after fencing: its row may still say online (nobody
+            # could mark it offline while etcd was away), but it did not restart.
             reason = f"rejoined after being fenced ({self._fence_reason})"
             self._fence_reason = ""
-        elif previous.get("status") == "online":
-            reason = "restarted (the previous daemon ended without leaving)"
         elif self._registered_once:
             reason = "rejoined"
+        elif previous.get("status") == "online":
+            reason = "restarted (the previous daemon ended without leaving)"
         else:
             reason = "joined"
         await self._write_status("online", reason)
@@ -207,6 +215,10 @@ class Membership:
 
     async def _register_until_done(self) -> None:
         backoff = 0.1
+        # Children come back only once we are registered again: after an etcd outage,
+        # retry at most every TTL / 4 (jittered), not 5 s, so that they are back
+        # within TTL + a little of etcd's return.
+        max_backoff = min(5.0, self.config.lease_ttl / 4)
         while True:
             try:
                 await self._register()
@@ -214,7 +226,7 @@ class Membership:
             except EtcdUnavailable as exc:
                 logger.warning("cannot register with etcd: %s", exc)
             await trio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, max_backoff)
 
     # -- running ----------------------------------------------------------------------
 
@@ -270,6 +282,11 @@ class Membership:
     async def _recover(self) -> None:
         """After fencing: drop the old lease (its claims go with it) and register anew."""
         old, self.lease_id = self.lease_id, None
+        # Releasing the lease frees our claims: first make sure that nothing of ours
+        # survived the fence, not even a grandchild that left its process group.
+        from .guard import kill_instance
+
+        await trio.to_thread.run_sync(kill_instance, self.instance)
         if old is not None:
             try:
                 await self.etcd.revoke(old)

@@ -44,12 +44,25 @@ class ClusterView:
         etcd: the etcd facade.
         keys: the key layout (its prefix is what is mirrored).
         resync_interval: seconds between full re-lists.
+        max_backoff: the longest wait (before jitter) between reconnection attempts.
     """
 
-    def __init__(self, etcd: Etcd, keys: Keys, *, resync_interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        etcd: Etcd,
+        keys: Keys,
+        *,
+        resync_interval: float = 30.0,
+        max_backoff: float = 1.0,
+    ) -> None:
         self.etcd = etcd
         self.keys = keys
         self.resync_interval = resync_interval
+        # Between reconnection attempts while etcd is away. Nothing is placed or
+        # started from a stale view, so after an outage this is time children stay
+        # down: keep it well under a lease TTL (one list or watch per second per
+        # daemon is no load for etcd).
+        self.max_backoff = max_backoff
         self.kvs: dict[str, KV] = {}
         self.revision = 0
         self.version = 0  # bumped on every change; see wait_changed
@@ -169,4 +182,4 @@ class ClusterView:
             except EtcdUnavailable as exc:
                 logger.warning("cannot list cluster state: %s", exc)
             await trio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, self.max_backoff)

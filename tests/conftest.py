@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -63,9 +63,23 @@ class Cluster:
         self.name = "t" + uuid.uuid4().hex[:10]
         self.daemons: dict[str, Daemon] = {}
 
-    def daemon(self, name: str, *, ttl: float = 2.0, start: bool = True) -> Daemon:
+    def daemon(
+        self,
+        name: str,
+        *,
+        ttl: float = 2.0,
+        start: bool = True,
+        etcd: str | None = None,
+        config: Path | None = None,
+    ) -> Daemon:
+        """The daemon ``name`` (created on first use), started unless ``start=False``.
+
+        ``etcd`` overrides the cluster's endpoint (e.g. a fault proxy in front of
+        it); with ``config``, a TOML file, and ``etcd=""``, the file names it.
+        """
+        url = self.etcd_url if etcd is None else (etcd or None)
         d = self.daemons.get(name) or Daemon(
-            name, etcd=self.etcd_url, cluster=self.name, base=self.base, ttl=ttl
+            name, etcd=url, cluster=self.name, base=self.base, ttl=ttl, config=config
         )
         self.daemons[name] = d
         if start:
@@ -85,6 +99,13 @@ class Cluster:
             if env.get("TEST_CLUSTER") == self.name
         }
 
+    def print_logs(self, lines: int = 80) -> None:
+        """Print the end of every daemon's log (their directory goes with short_tmp)."""
+        for d in self.daemons.values():
+            if d.log.exists():
+                tail = d.log.read_text().splitlines()[-lines:]
+                print(f"--- {d.name} log (last {len(tail)} lines) ---", *tail, sep="\n")
+
     def cleanup(self) -> None:
         for d in self.daemons.values():
             d.cleanup()
@@ -92,8 +113,21 @@ class Cluster:
         kill_pids(self.children())
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_failed] = report.failed
+    return report
+
+
+_failed = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def cluster(etcd_url: str, short_tmp: Path) -> Iterator[Cluster]:
+def cluster(etcd_url: str, short_tmp: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     c = Cluster(etcd_url, short_tmp)
     yield c
     c.cleanup()
+    if request.node.stash.get(_failed, False):
+        c.print_logs()

@@ -93,12 +93,22 @@ def kill_pids(pids: Any) -> None:
 class Daemon:
     """One ``ringd start`` process with its own socket and state dir."""
 
-    def __init__(self, name: str, *, etcd: str, cluster: str, base: Path, ttl: float = 2.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        etcd: str | None,
+        cluster: str,
+        base: Path,
+        ttl: float = 2.0,
+        config: Path | None = None,
+    ) -> None:
         self.name = name
-        self.etcd = etcd
+        self.etcd = etcd  # None: the config file names the endpoints
         self.cluster = cluster
         self.base = base
         self.ttl = ttl
+        self.config = config
         self.socket = str(base / f"{name}.sock")
         self.state_dir = base / name
         self.process: subprocess.Popen[bytes] | None = None
@@ -116,13 +126,16 @@ class Daemon:
         cmd = [
             sys.executable, "-m", "ringd", "start",
             "--name", self.name,
-            "--etcd", self.etcd,
             "--cluster", self.cluster,
             "--socket", self.socket,
             "--state-dir", str(self.state_dir),
             "--lease-ttl", str(self.ttl),
             *self.extra_args,
         ]  # fmt: skip
+        if self.etcd is not None:
+            cmd += ["--etcd", self.etcd]
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         if wait:

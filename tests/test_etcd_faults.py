@@ -1,0 +1,92 @@
+"""The etcd facade under faults, against a real etcd: what a failed call does to
+the other users of the same client."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from ringd.errors import WatchBroken
+from ringd.etcd import Etcd
+
+
+async def test_watch_on_a_client_another_task_just_closed_is_a_broken_watch(
+    etcd_url: str,
+) -> None:
+    """A failed call drops (closes) the shared client; a watch that took that client
+    just before must end as WatchBroken, which the view handles, and not with
+    grpc's ValueError("Cannot invoke RPC: Channel closed!"), which crashed the
+    daemon during an etcd outage."""
+    etcd = Etcd([etcd_url])
+    try:
+        client = await etcd._call(lambda c: c)
+        client.close()  # what _drop_client does in another task, between the two steps
+
+        async def on_events(events: object, revision: int) -> None:
+            raise AssertionError("no events expected")
+
+        with pytest.raises(WatchBroken), trio.fail_after(5):
+            await etcd.watch("/ringd-test/closed/", 1, on_events)
+    finally:
+        etcd.close()
+
+
+async def test_revoking_a_lease_that_is_gone_is_no_error_and_keeps_the_client(
+    etcd_url: str,
+) -> None:
+    etcd = Etcd([etcd_url])
+    try:
+        lease, _ = await etcd.grant(2)
+        await etcd.revoke(lease)
+        client = etcd._client
+        await etcd.revoke(lease)  # etcd answers NOT_FOUND: etcd is fine, so is the client
+        assert etcd._client is client
+    finally:
+        etcd.close()
+
+
+async def test_a_watch_that_ends_while_events_still_arrive_does_not_crash_trio(
+    etcd_url: str,
+) -> None:
+    """The pump thread hands each response to trio with run_sync_soon; responses it
+    handed over just before the watch ended arrive after the receiving side is
+    closed. Their callback must drop them quietly: an exception in a run_sync_soon
+    callback is a TrioInternalError, which killed the daemon while 100 children
+    moved (bench/failover.py) and the view's watch ended mid-burst."""
+    import threading
+
+    import etcd3
+
+    host, port = etcd_url.removeprefix("http://").split(":")
+    writer = etcd3.client(host=host, port=int(port))
+    prefix = "/ringd-test/burst/"
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            writer.put(f"{prefix}{i % 50}", b"x" * 100)
+            i += 1
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    etcd = Etcd([etcd_url])
+    seen = 0
+
+    async def on_events(events: object, revision: int) -> None:
+        nonlocal seen
+        seen += 1
+
+    try:
+        for _ in range(20):
+            revision, _ = await etcd.list(prefix)
+            with trio.move_on_after(0.02):
+                await etcd.watch(prefix, revision + 1, on_events)
+        await trio.sleep(0.3)  # the late callbacks run now
+    finally:
+        stop.set()
+        thread.join()
+        etcd.close()
+        writer.delete_prefix(prefix)
+        writer.close()
+    assert seen > 0

@@ -1,0 +1,276 @@
+"""Who ran what, when: the children's journals plus a process sampler, checked for
+overlap (DESIGN invariant 1, at most once, measured rather than assumed).
+
+A test child (``child.py``) writes ``start``/``stop`` records with
+``time.monotonic()`` stamps to its journal. A child that is SIGKILLed (fencing,
+the guard) writes no stop record, so a ``Timeline`` thread also samples the live
+child processes every ~10 ms and keeps, for each pid, when it was last seen alive
+and when it was first seen gone. An instance's life is then
+``[journal start, journal stop]``, or ``[journal start, first seen gone]`` if it
+was killed: a conservative end, at most one sample late. Two lives of one child id
+must never overlap; the sampler also flags any instant where one id has two live
+processes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+
+@dataclass
+class Seen:
+    """One child process as the sampler saw it."""
+
+    child_id: str
+    node: str
+    first: float  # time.monotonic() of the scan that first saw it
+    last: float
+    last_index: int  # index of that scan
+
+
+@dataclass(frozen=True)
+class Life:
+    """One instance of a child: where, which pid, from when until when."""
+
+    child_id: str
+    node: str
+    pid: int
+    start: float
+    end: float  # math.inf: still running when the timeline ended
+    killed: bool  # no stop record: the end comes from the sampler
+
+
+def descendants(root: int) -> set[int]:
+    """Pids of every process below ``root`` (through each thread's ``children``)."""
+    out: set[int] = set()
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            for kid in kids:
+                if kid not in out:
+                    out.add(kid)
+                    stack.append(kid)
+    return out
+
+
+def scan(cluster_name: str, root: int, also: Iterable[int] = ()) -> dict[int, tuple[str, str]]:
+    """Live child processes of one test cluster, not grandchildren: pid -> (id, node).
+
+    Looks at the processes below ``root`` (the test process: daemons are its
+    children, their children its grandchildren) plus ``also`` (pids seen before, in
+    case their daemon died and they were re-parented), not at all of /proc: this
+    machine may run thousands of other processes, and a full scan then takes
+    100 ms instead of 1.
+    """
+    marker = f"TEST_CLUSTER={cluster_name}".encode()
+    found: dict[int, tuple[str, str]] = {}
+    for pid in descendants(root) | set(also):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                raw = f.read()
+            if marker not in raw:
+                continue
+            env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+            if b"RINGD_CHILD_ID" not in env or env.get(b"TEST_ROLE") == b"grandchild":
+                continue
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    continue
+        except (OSError, IndexError):
+            continue
+        found[pid] = (env[b"RINGD_CHILD_ID"].decode(), env.get(b"RINGD_NODE", b"?").decode())
+    return found
+
+
+def sample(cluster_name: str, root: int, interval: float, stop: threading.Event) -> dict[str, Any]:
+    """Scan every ``interval`` until ``stop``; returns what was seen (JSON-able)."""
+    seen: dict[int, list[Any]] = {}  # pid -> [id, node, first, last, last_index]
+    scans: list[tuple[float, float]] = []
+    violations: list[tuple[float, str, list[tuple[int, str]]]] = []
+    while not stop.is_set():
+        begin = time.monotonic()
+        live = scan(cluster_name, root, seen)
+        end = time.monotonic()
+        index = len(scans)
+        scans.append((begin, end))
+        by_id: dict[str, list[tuple[int, str]]] = {}
+        for pid, (child_id, node) in live.items():
+            by_id.setdefault(child_id, []).append((pid, node))
+            s = seen.get(pid)
+            if s is None or s[0] != child_id:
+                seen[pid] = [child_id, node, begin, end, index]
+            else:
+                s[3], s[4] = end, index
+        for child_id, instances in by_id.items():
+            if len(instances) > 1:
+                violations.append((begin, child_id, instances))
+        stop.wait(interval)
+    return {"seen": seen, "scans": scans, "violations": violations}
+
+
+class Timeline:
+    """Samples the live child processes of one test cluster (env ``TEST_CLUSTER``)
+    every ``interval`` seconds, in a process of its own: in a thread of the test
+    process it would queue for the GIL behind the test's own polling and sample
+    three times less often.
+    """
+
+    def __init__(self, cluster_name: str, *, interval: float = 0.01) -> None:
+        self.cluster_name = cluster_name
+        self.interval = interval
+        self.seen: dict[int, Seen] = {}
+        self.scans: list[tuple[float, float]] = []
+        self.violations: list[tuple[float, str, list[tuple[int, str]]]] = []
+        self._process: subprocess.Popen[bytes] | None = None
+        self._out = Path(tempfile.mkstemp(prefix="timeline-", suffix=".json")[1])
+
+    def live(self) -> dict[int, dict[str, str]]:
+        """Live child processes now (a scan in this process): pid -> {id, node}."""
+        return {
+            pid: {"RINGD_CHILD_ID": child_id, "RINGD_NODE": node}
+            for pid, (child_id, node) in scan(self.cluster_name, os.getpid()).items()
+        }
+
+    @property
+    def samples(self) -> int:
+        return len(self.scans)
+
+    def start(self) -> Timeline:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.timeline", self.cluster_name, str(os.getpid()),
+             str(self.interval), str(self._out)],
+            cwd=Path(__file__).parent.parent,
+        )  # fmt: skip
+        # Started when its first scan is done (the file appears empty, then filled).
+        deadline = time.monotonic() + 10
+        while self._out.stat().st_size == 0 and time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise AssertionError(f"timeline sampler exited {self._process.returncode}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        data = json.loads(self._out.read_text())
+        self._out.unlink()
+        self.scans = [tuple(s) for s in data["scans"]]
+        self.seen = {int(pid): Seen(*s) for pid, s in data["seen"].items()}
+        self.violations = [(t, i, [tuple(x) for x in inst]) for t, i, inst in data["violations"]]
+
+    def __enter__(self) -> Timeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def gone_after(self, pid: int, since: float) -> float:
+        """When ``pid`` was first seen gone: the end of the first scan after the last
+        one that saw it (or, never seen, the first scan that began after ``since``);
+        ``math.inf`` if no such scan."""
+        s = self.seen.get(pid)
+        if s is not None:
+            index = s.last_index + 1
+        else:
+            index = bisect.bisect_right([b for b, _ in self.scans], since)
+        return self.scans[index][1] if index < len(self.scans) else math.inf
+
+
+def read_journal(journal: Path) -> dict[str, list[tuple[str, str, str, int, float]]]:
+    """child id -> [(what, id, node, pid, stamp)] in file order."""
+    out: dict[str, list[tuple[str, str, str, int, float]]] = {}
+    for path in sorted(journal.glob("*.log")):
+        for line in path.read_text().splitlines():
+            what, child_id, node, pid, stamp = line.split()
+            out.setdefault(child_id, []).append((what, child_id, node, int(pid), float(stamp)))
+    return out
+
+
+def lives(journal: Path, timeline: Timeline) -> dict[str, list[Life]]:
+    """child id -> its instances, in start order."""
+    out: dict[str, list[Life]] = {}
+    for child_id, records in read_journal(journal).items():
+        stops = {pid: stamp for what, _, _, pid, stamp in records if what == "stop"}
+        for what, _, node, pid, stamp in records:
+            if what != "start":
+                continue
+            if pid in stops:
+                life = Life(child_id, node, pid, stamp, stops[pid], killed=False)
+            else:
+                life = Life(child_id, node, pid, stamp, timeline.gone_after(pid, stamp), True)
+            out.setdefault(child_id, []).append(life)
+    for instances in out.values():
+        instances.sort(key=lambda life: life.start)
+    return out
+
+
+def overlaps(all_lives: dict[str, list[Life]]) -> list[tuple[Life, Life]]:
+    """Pairs of instances of one child id whose lives overlap."""
+    bad = []
+    for instances in all_lives.values():
+        for a, b in itertools.pairwise(instances):
+            if b.start <= a.end:
+                bad.append((a, b))
+    return bad
+
+
+def handovers(all_lives: dict[str, list[Life]], *, killed_only: bool = False) -> list[float]:
+    """Gaps (seconds) between one instance's end and the next one's start, when they
+    ran on different nodes: the safety margin of each move."""
+    gaps = []
+    for instances in all_lives.values():
+        for a, b in itertools.pairwise(instances):
+            if a.node != b.node and (a.killed or not killed_only):
+                gaps.append(b.start - a.end)
+    return gaps
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.timeline CLUSTER ROOT_PID INTERVAL OUT``: sample until SIGTERM."""
+    cluster_name, root, interval, out = argv[1], int(argv[2]), float(argv[3]), Path(argv[4])
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    scan(cluster_name, root)
+    out.write_text("{}")  # started
+    data = sample(cluster_name, root, interval, stop)
+    out.write_text(json.dumps(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
