@@ -19,7 +19,7 @@ async def test_watch_on_a_client_another_task_just_closed_is_a_broken_watch(
     daemon during an etcd outage."""
     etcd = Etcd([etcd_url])
     try:
-        client = await etcd._call(lambda c: c)
+        client = await etcd._call("get_client", lambda c: c)
         client.close()  # what _drop_client does in another task, between the two steps
 
         async def on_events(events: object, revision: int) -> None:
