@@ -131,3 +131,12 @@ def cluster(etcd_url: str, short_tmp: Path, request: pytest.FixtureRequest) -> I
     c.cleanup()
     if request.node.stash.get(_failed, False):
         c.print_logs()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-duration",
+        type=float,
+        default=600.0,
+        help="seconds of faults in the slow chaos test",
+    )
