@@ -65,6 +65,7 @@ class Reconciler:
         self._failed_here: dict[str, str] = {}  # groups that failed on this node -> reason
         self._ring = Ring()
         self._next_retry = math.inf  # unix time of the next failed-group retry
+        self._lease: int | None = None  # the lease of the previous pass
 
     # -- reading the view -------------------------------------------------------------
 
@@ -194,6 +195,12 @@ class Reconciler:
             # Fenced or not registered: children are being killed; forget them.
             await self._drop_all()
             return
+        if self.membership.lease_id != self._lease:
+            # A new lease: this node fenced (killing its children) and registered
+            # again, possibly while the previous pass was still running, so that
+            # no pass saw may_run() false. Forget those children too.
+            await self._drop_all()
+            self._lease = self.membership.lease_id
         await self._publish_group_failures()
         await self._retry_failed_groups()
         desired = self.desired()
