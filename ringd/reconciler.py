@@ -262,6 +262,9 @@ class Reconciler:
                     current[1].key, encode(record), mod_revision=current[1].mod_revision
                 ):
                     logger.error("group %s failed cluster-wide: %s", name, reason)
+                    # Published: forget it now. Kept until a pass saw 'failed' in the
+                    # view, it failed the group again when an operator reset it first.
+                    del self._failed_here[name]
                     continue
             if current is None or current[0].state == "failed":
                 del self._failed_here[name]
