@@ -158,6 +158,13 @@ class Etcd:
         self._password = password
         self._index = 0
         self._client: Any = None
+        # etcd calls run in threads of their own, never queued behind other thread
+        # work of the daemon (a child's /proc sweep on stop, log tails): when 100
+        # children moved at once, their sweeps filled trio's default 40 threads and
+        # keepalives waited past the fence deadline. Keepalives have a lane of
+        # their own too, so a burst of claim writes cannot delay them either.
+        self._limiter = trio.CapacityLimiter(32)
+        self._lease_limiter = trio.CapacityLimiter(2)
         for url in self.endpoints:
             if urlsplit(url).scheme == "https" and not self.tls.ca_cert:
                 raise ConfigError(f"etcd: {url} is https but etcd_ca_cert is not set")
@@ -208,14 +215,18 @@ class Etcd:
             except Exception:  # closing a broken channel may raise; it is gone anyway
                 logger.debug("closing etcd client", exc_info=True)
 
-    async def _call(self, op: str, fn: Callable[[Any], T]) -> T:
+    async def _call(
+        self, op: str, fn: Callable[[Any], T], *, limiter: trio.CapacityLimiter | None = None
+    ) -> T:
         try:
-            return await self._call_once(fn)
+            return await self._call_once(fn, limiter=limiter)
         except EtcdUnavailable:
             metrics.ETCD_ERRORS.labels(op).inc()
             raise
 
-    async def _call_once(self, fn: Callable[[Any], T]) -> T:
+    async def _call_once(
+        self, fn: Callable[[Any], T], *, limiter: trio.CapacityLimiter | None = None
+    ) -> T:
         """Run ``fn(client)`` in a thread with a deadline; translate failures."""
         box: list[Any] = []
 
@@ -226,7 +237,9 @@ class Etcd:
 
         try:
             with trio.fail_after(self.timeout + 0.5):
-                return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+                return await trio.to_thread.run_sync(
+                    run, abandon_on_cancel=True, limiter=limiter or self._limiter
+                )
         except trio.TooSlowError:
             endpoint = self.endpoint
             self._drop_client(box[0] if box else self._client)
@@ -345,7 +358,7 @@ class Etcd:
                 return int(resp.TTL)
             return 0
 
-        return await self._call("keepalive", fn)
+        return await self._call("keepalive", fn, limiter=self._lease_limiter)
 
     async def revoke(self, lease_id: int) -> None:
         """Revoke a lease; one that is already gone (expired, revoked) is no error."""

@@ -77,6 +77,7 @@ class Reconciler:
         self._move_tokens = max(rebalance_rate, 1.0)
         self._move_time = trio.current_time()
         self._next_retry = math.inf  # unix time of the next failed-group retry
+        self._lease: int | None = None  # the lease of the previous pass
 
     # -- reading the view -------------------------------------------------------------
 
@@ -237,6 +238,12 @@ class Reconciler:
             # Fenced or not registered: children are being killed; forget them.
             await self._drop_all()
             return
+        if self.membership.lease_id != self._lease:
+            # A new lease: this node fenced (killing its children) and registered
+            # again, possibly while the previous pass was still running, so that
+            # no pass saw may_run() false. Forget those children too.
+            await self._drop_all()
+            self._lease = self.membership.lease_id
         await self._publish_group_failures()
         await self._retry_failed_groups()
         desired = self.desired()
@@ -314,6 +321,9 @@ class Reconciler:
                     current[1].key, encode(record), mod_revision=current[1].mod_revision
                 ):
                     logger.error("group %s failed cluster-wide: %s", name, reason)
+                    # Published: forget it now. Kept until a pass saw 'failed' in the
+                    # view, it failed the group again when an operator reset it first.
+                    del self._failed_here[name]
                     continue
             if current is None or current[0].state == "failed":
                 del self._failed_here[name]

@@ -17,7 +17,8 @@ import pytest
 
 from ringd.standalone import PrivateEtcd
 
-from .helpers import Daemon, descendants, kill_pids, processes_with_env
+from .helpers import Daemon, kill_pids, processes_with_env
+from .timeline import descendants
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -32,29 +32,6 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
 
 
-def descendants(root: int) -> set[int]:
-    """Pids of every process below ``root`` (through each thread's ``children``)."""
-    out: set[int] = set()
-    stack = [root]
-    while stack:
-        pid = stack.pop()
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    kids = [int(k) for k in f.read().split()]
-            except OSError:
-                continue
-            for kid in kids:
-                if kid not in out:
-                    out.add(kid)
-                    stack.append(kid)
-    return out
-
-
 def processes_with_env(marker: str, among: set[int] | None = None) -> dict[int, dict[str, str]]:
     """Live processes (not zombies) whose environment contains ``marker``: pid -> env.
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 from .helpers import child_argv, wait_until
+from .timeline import scan
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from pathlib import Path
 
     from .conftest import Cluster
@@ -30,13 +33,16 @@ def running_rows(daemon, expected: int):
     return rows if len(rows) == expected and len(live) == expected else None
 
 
-def placement(cluster: Cluster, *, below_us: bool = False) -> dict[str, list[tuple[int, str]]]:
-    """child id -> [(pid, node)] of the live child processes."""
+def placement(cluster: Cluster, also: Iterable[int] = ()) -> dict[str, list[tuple[int, str]]]:
+    """child id -> [(pid, node)] of the live child processes (not grandchildren).
+
+    Looks below the test process, where the daemons and their children are, plus
+    ``also`` (pids seen before, in case their daemon died): not all of /proc, which
+    takes 100 ms or more on a machine with a few thousand processes.
+    """
     where: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for pid, env in cluster.children(below_us=below_us).items():
-        # A child's own processes all carry its id; count the process group leader only.
-        if env.get("TEST_ROLE") != "grandchild":
-            where[env["RINGD_CHILD_ID"]].append((pid, env["RINGD_NODE"]))
+    for pid, (child_id, node) in scan(cluster.name, os.getpid(), also).items():
+        where[child_id].append((pid, node))
     return where
 
 
@@ -47,12 +53,14 @@ class Sampler:
         self.cluster = cluster
         self.violations: list[tuple[float, str, list]] = []
         self.samples = 0
+        self._seen: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for child_id, instances in placement(self.cluster, below_us=True).items():
+            for child_id, instances in placement(self.cluster, self._seen).items():
+                self._seen.update(pid for pid, _ in instances)
                 if len(instances) > 1:
                     self.violations.append((time.monotonic(), child_id, instances))
             self.samples += 1
