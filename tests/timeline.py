@@ -113,7 +113,7 @@ def sample(cluster_name: str, root: int, interval: float, stop: threading.Event)
     seen: dict[int, list[Any]] = {}  # pid -> [id, node, first, last, last_index]
     scans: list[tuple[float, float]] = []
     violations: list[tuple[float, str, list[tuple[int, str]]]] = []
-    while not stop.is_set():
+    while not stop.is_set() and os.getppid() == root:  # ends with the test process too
         begin = time.monotonic()
         live = scan(cluster_name, root, seen)
         end = time.monotonic()
