@@ -27,7 +27,7 @@ from .spec import ChildSpec, GroupRecord, encode, parse_child, parse_group_recor
 from .supervisor import Child, State
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from .etcd import KV, Etcd
     from .handoff import Handoff
@@ -71,6 +71,7 @@ class Reconciler:
         self._cache: dict[str, dict[str, tuple[int, Any]]] = {}
         self._failed_here: dict[str, str] = {}  # groups that failed on this node -> reason
         self.placer = Placer()
+        self._claim_limiter = trio.CapacityLimiter(32)
         self.handoff = handoff
         self.rebalance_rate = rebalance_rate
         self.moves_pending = 0
@@ -275,21 +276,17 @@ class Reconciler:
                 for child in moving:
                     nursery.start_soon(self._stop_and_release, child, True)
 
-        for key, instance in desired.items():
-            if key in self.supervisor.children or not self.membership.may_run():
-                continue
-            seen = claims.get(key)
-            if seen is not None and seen.lease != lease:
-                continue  # still held by its previous owner: wait for it to let go
-            # Ask etcd, not the view (which may lag): the claim is ours only if this
-            # transaction creates it or finds it under our own lease.
-            value = json.dumps({"node": self.node, "state": "starting"}).encode()
-            _, claim = await self.etcd.create(self.keys.claim(key), value, lease=lease)
-            if (
-                claim is None
-                or claim.lease != self.membership.lease_id
-                or not self.membership.may_run()
-            ):
+        wanted = [
+            (key, instance)
+            for key, instance in desired.items()
+            if key not in self.supervisor.children
+            # still held by its previous owner: wait for it to let go
+            and (claims.get(key) is None or claims[key].lease == lease)
+        ]
+        claimed = await self._claim(key for key, _ in wanted) if wanted else {}
+        for key, instance in wanted:  # in start order, whatever order the claims came in
+            claim = claimed.get(key)
+            if claim is None or not self.membership.may_run():
                 continue
             spec = instance.spec
             env = {"RINGD_ROLE": instance.role, "RINGD_REPLICA": str(instance.replica)}
@@ -349,6 +346,38 @@ class Reconciler:
             else:
                 self._next_retry = min(self._next_retry, due)
 
+    async def _claim(self, keys: Iterable[str]) -> dict[str, KV]:
+        """Claim instances, many at a time (a failover claims hundreds at once).
+
+        Asks etcd, not the view (which may lag): a claim is ours only if the
+        transaction creates it or finds it under our own lease.
+
+        Raises:
+            EtcdUnavailable: no claim could be made (when only some failed, the
+                ones made are returned and the next pass retries the rest).
+        """
+        lease = self.membership.lease_id
+        value = json.dumps({"node": self.node, "state": "starting"}).encode()
+        claimed: dict[str, KV] = {}
+        failed: list[EtcdUnavailable] = []
+
+        async def claim(key: str) -> None:
+            async with self._claim_limiter:
+                try:
+                    _, kv = await self.etcd.create(self.keys.claim(key), value, lease=lease)
+                except EtcdUnavailable as exc:
+                    failed.append(exc)
+                    return
+            if kv is not None and kv.lease == lease == self.membership.lease_id:
+                claimed[key] = kv
+
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(claim, key)
+        if failed and not claimed:
+            raise failed[0]
+        return claimed
+
     def _take_moves(self, wanted: int) -> int:
         """How many of ``wanted`` moves the rate allows now (a token bucket)."""
         if self.rebalance_rate <= 0 or wanted == 0:
@@ -368,12 +397,17 @@ class Reconciler:
     async def _stop_and_release(self, child: Child, keep_state: bool) -> None:
         """Stop an instance here; hand its state on (if the spec still exists); release."""
         await self.supervisor.stop(child.id)
-        if child.spec.handoff:
-            if keep_state:
-                await self.handoff.store(child.id)
-            else:
-                await self.handoff.forget(child.id)
-        await self.etcd.delete_if(self.keys.claim(child.id), create_revision=child.fence)
+        try:
+            if child.spec.handoff:
+                if keep_state:
+                    await self.handoff.store(child.id)
+                else:
+                    await self.handoff.forget(child.id)
+            await self.etcd.delete_if(self.keys.claim(child.id), create_revision=child.fence)
+        except EtcdUnavailable as exc:
+            # Stopped, so safe; a later pass deletes the claim (or the lease ends it).
+            logger.warning("child %s stopped but not released yet: %s", child.id, exc)
+            return
         logger.info("child %s stopped and released", child.id)
 
     async def _drop_all(self) -> None:
@@ -381,15 +415,22 @@ class Reconciler:
             await self.supervisor.stop(child_id)
 
     async def release_all(self) -> None:
-        """Graceful shutdown: stop every child in reverse start order, then drop claims."""
+        """Graceful shutdown: stop every child in reverse start order and hand on the
+        state of those that keep it. The claims go with the lease, which the caller
+        revokes next: one request instead of one per child."""
         self.stopping = True
         children = list(self.supervisor.children.values())
         await self.supervisor.stop_all()
-        for child in children:
-            try:
-                await self.etcd.delete_if(self.keys.claim(child.id), create_revision=child.fence)
-            except EtcdUnavailable:
-                break  # revoking the lease removes them anyway
+        async with trio.open_nursery() as nursery:
+            for child in children:
+                if child.spec.handoff:
+                    nursery.start_soon(self._store_quietly, child.id)
+
+    async def _store_quietly(self, key: str) -> None:
+        try:
+            await self.handoff.store(key)
+        except EtcdUnavailable as exc:
+            logger.warning("cannot hand off the state of %s: %s", key, exc)
 
     async def _publish_claims(self) -> None:
         """Write each child's state, pid and restarts into its claim (coalesced)."""

@@ -515,7 +515,12 @@ class Supervisor:
         await trio.sleep(delay)
         async with group.lock:
             for c in children:
-                if c.state == State.BACKOFF and c.id in self.children and not c.terminated:
+                # Not if it was stopped or fenced (kill_all) while it waited.
+                if (
+                    c.state == State.BACKOFF
+                    and c.id in self.children
+                    and not (c.terminated or c.stopping)
+                ):
                     self._launch(c)
 
     async def _escalate(self, group: LocalGroup, cause: str) -> None:
