@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -185,14 +187,17 @@ class SecureEtcd:
         )
 
 
-@pytest.fixture
-def secure_etcd(short_tmp: Path) -> Iterator[SecureEtcd]:
-    etcd = SecureEtcd(short_tmp)
-    etcd.start()
+@pytest.fixture(scope="module")
+def secure_etcd() -> Iterator[SecureEtcd]:
+    """One for the module (each test's daemons use a cluster prefix of their own)."""
+    base = Path(tempfile.mkdtemp(prefix="rts-", dir="/tmp"))
+    etcd = SecureEtcd(base)
     try:
+        etcd.start()
         yield etcd
     finally:
         etcd.server.kill()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
