@@ -174,8 +174,13 @@ async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> No
 
 
 async def _leave(config: Config, reconciler: Reconciler, membership: Membership) -> None:
-    """Stop children (reverse start order), release claims, revoke the lease."""
+    """Leave the ring, stop children releasing each claim as it stops (so survivors
+    take over child by child), then revoke the lease."""
     with trio.move_on_after(config.shutdown_grace) as scope:
+        try:
+            await membership.announce_leave()
+        except EtcdUnavailable as exc:
+            logger.warning("could not announce the leave (survivors wait for the lease): %s", exc)
         await reconciler.release_all()
         try:
             await membership.leave()

@@ -252,7 +252,8 @@ class Membership:
         """Fence at the deadline even if a keepalive call is still hanging."""
         while True:
             remaining = self.deadline - time.monotonic()
-            if remaining <= 0 and not self.fenced and not self.leaving:
+            # Also while leaving: children still running must die before the lease can.
+            if remaining <= 0 and not self.fenced and self.lease_id is not None:
                 self.fence("keepalives unanswered until the fence deadline")
             await trio.sleep(max(remaining, 0.05) if not self.fenced else 0.1)
 
@@ -260,9 +261,11 @@ class Membership:
         interval = min(self.ttl / 4, (self.ttl - self.config.fence_margin) / 3)
         while True:
             await trio.sleep(interval)
-            if self.leaving:
-                return
+            if self.lease_id is None and self.leaving:
+                return  # the lease is revoked: nothing left to keep alive
             if self.fenced:
+                if self.leaving:
+                    return  # no point in registering again on the way out
                 await self._recover()
                 continue
             sent = time.monotonic()
@@ -318,12 +321,22 @@ class Membership:
             ):
                 logger.info("node %s is offline (lease expired)", node)
 
-    async def leave(self) -> None:
-        """Graceful leave: mark offline, revoke the lease (claims and alive key go)."""
+    async def announce_leave(self) -> None:
+        """First step of a graceful leave: mark this node offline and take it out of
+        every ring now (its alive key goes), so survivors claim each child as soon
+        as it is released. The lease stays alive (and kept alive) until ``leave``:
+        the claims of children not yet stopped stay ours."""
         self.leaving = True
         self._notify()
         if self.lease_id is None:
             return
         await self._write_status("offline", "graceful leave")
-        await self.etcd.revoke(self.lease_id)
-        self.lease_id = None
+        await self.etcd.delete(self.keys.alive(self.node))
+
+    async def leave(self) -> None:
+        """Last step of a graceful leave: revoke the lease (any claim left goes with it)."""
+        self.leaving = True
+        self._notify()
+        lease, self.lease_id = self.lease_id, None
+        if lease is not None:
+            await self.etcd.revoke(lease)

@@ -415,22 +415,23 @@ class Reconciler:
             await self.supervisor.stop(child_id)
 
     async def release_all(self) -> None:
-        """Graceful shutdown: stop every child in reverse start order and hand on the
-        state of those that keep it. The claims go with the lease, which the caller
-        revokes next: one request instead of one per child."""
-        self.stopping = True
-        children = list(self.supervisor.children.values())
-        await self.supervisor.stop_all()
-        async with trio.open_nursery() as nursery:
-            for child in children:
-                if child.spec.handoff:
-                    nursery.start_soon(self._store_quietly, child.id)
+        """Graceful shutdown: stop every child in reverse start order (OTP), releasing
+        each claim as soon as its child has stopped, so survivors take over child by
+        child while the next one is stopping."""
+        self.stopping = True  # no new reconcile pass; one in flight may still stop some
+        async with trio.open_nursery() as releases:
+            for child in reversed(list(self.supervisor.children.values())):
+                await self.supervisor.stop(child.id, sweep=False)  # the guard sweeps at exit
+                releases.start_soon(self._release, child)
 
-    async def _store_quietly(self, key: str) -> None:
-        try:
-            await self.handoff.store(key)
-        except EtcdUnavailable as exc:
-            logger.warning("cannot hand off the state of %s: %s", key, exc)
+    async def _release(self, child: Child) -> None:
+        async with self._claim_limiter:
+            try:
+                if child.spec.handoff:
+                    await self.handoff.store(child.id)
+                await self.etcd.delete_if(self.keys.claim(child.id), create_revision=child.fence)
+            except EtcdUnavailable as exc:
+                logger.warning("cannot release %s (the lease revoke will): %s", child.id, exc)
 
     async def _publish_claims(self) -> None:
         """Write each child's state, pid and restarts into its claim (coalesced)."""

@@ -313,6 +313,8 @@ class Supervisor:
         if child is None:
             return
         async with child.group.lock:
+            if self.children.get(child_id) is not child:
+                return  # another task stopped it while we waited for the lock
             await self._terminate_process(child)
             child.state = State.STOPPED
             child.group.members.remove(child)
