@@ -10,6 +10,7 @@ import socketserver
 import tempfile
 import threading
 import time
+import types
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -22,6 +23,9 @@ from ringd import protocol
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+# The canned results are relative to NOW, and ringctl's clock is frozen there.
+NOW = time.time()
+
 FIND = {
     "id": "web",
     "group": "front",
@@ -30,7 +34,7 @@ FIND = {
     "pid": 4242,
     "state": "running",
     "restarts": 1,
-    "started": time.time() - 75,
+    "started": NOW - 75,
     "reason": "",
     "fence": 17,
     "owner": "node1",
@@ -45,7 +49,7 @@ ROWS = [
         "pid": 4242,
         "state": "running",
         "restarts": 1,
-        "started": time.time() - 3700,
+        "started": NOW - 3700,
         "reason": "",
         "rss": int(12.3 * 1024 * 1024),
         "cpu": 1.5,
@@ -99,7 +103,7 @@ GROUP = {
     "state": "running",
     "reason": "",
     "failed_node": None,
-    "since": time.time() - 42,
+    "since": NOW - 42,
     "children": 2,
 }
 FAILED_GROUP = {
@@ -111,7 +115,7 @@ FAILED_GROUP = {
     "state": "failed",
     "reason": "intensity reached",
     "failed_node": "node3",
-    "since": time.time() - 3700,
+    "since": NOW - 3700,
     "children": 0,
 }
 CHILD_INFO = {
@@ -120,7 +124,7 @@ CHILD_INFO = {
     "state": "running",
     "pid": 4242,
     "restarts": 2,
-    "started": time.time() - 5,
+    "started": NOW - 5,
     "reason": "",
     "last_exit": None,
     "fence": 17,
@@ -218,6 +222,10 @@ def plain_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ctl, "console", Console(color_system=None, width=200))
     monkeypatch.setattr(ctl, "err_console", Console(stderr=True, color_system=None, width=200))
     monkeypatch.delenv("RINGD_SOCKET", raising=False)
+    # Uptimes and "ago" are rendered against NOW, however long the tests have run.
+    monkeypatch.setattr(
+        ctl, "time", types.SimpleNamespace(time=lambda: NOW, strftime=time.strftime)
+    )
 
 
 def run(daemon: FakeDaemon | str, *args: str) -> Any:
@@ -519,7 +527,7 @@ def test_create_group_bad_strategy_is_usage_error(daemon: FakeDaemon) -> None:
 
 
 def test_groups_table(daemon: FakeDaemon) -> None:
-    now = time.time()
+    now = NOW
     daemon.results["groups"] = [{**GROUP, "since": now - 42}, {**FAILED_GROUP, "since": now - 3700}]
     result = run(daemon, "groups")
     assert result.exit_code == 0, result.output
