@@ -71,6 +71,8 @@ class Reconciler:
         self._cache: dict[str, dict[str, tuple[int, Any]]] = {}
         self._failed_here: dict[str, str] = {}  # groups that failed on this node -> reason
         self.placer = Placer()
+        self._placed_for: tuple[frozenset[Any], frozenset[Any]] | None = None
+        self._placed: dict[str, tuple[ChildSpec, list[Instance]]] = {}
         self._claim_limiter = trio.CapacityLimiter(32)
         self.handoff = handoff
         self.rebalance_rate = rebalance_rate
@@ -145,12 +147,35 @@ class Reconciler:
         return ""
 
     def place(self) -> dict[str, list[Instance]]:
-        """Every runnable spec's instances (spec id -> instances, master first)."""
-        groups = {name: record for name, (record, _) in self.groups().items()}
-        runnable = {i: s for i, s in self.specs().items() if not self.blocked(s, self.groups())}
-        placed: dict[str, list[Instance]] = {i: [] for i in runnable}
-        for instance in self.placer.instances(runnable, self.nodes(), groups):
-            placed[instance.spec.id].append(instance)
+        """Every runnable spec's instances (spec id -> instances, master first).
+
+        Cached per spec while the nodes and groups stay the same, so that a burst of
+        start-child calls costs one placement each, not one per spec per pass.
+        """
+        with_kv = self.groups()
+        groups = {name: record for name, (record, _) in with_kv.items()}
+        nodes = self.nodes()
+        inputs = (
+            frozenset((n, tuple(sorted(i.labels.items())), i.groups) for n, i in nodes.items()),
+            frozenset(groups.items()),
+        )
+        if inputs != self._placed_for:
+            self._placed_for, self._placed = inputs, {}
+        placed: dict[str, list[Instance]] = {}
+        for child_id, spec in self.specs().items():
+            if self.blocked(spec, with_kv):
+                continue
+            hit = self._placed.get(child_id)
+            if hit is None or hit[0] is not spec:  # parsed specs are reused while unchanged
+                group = groups.get(spec.group) if spec.group else None
+                instances = [
+                    Instance(spec, r, node)
+                    for r, node in enumerate(self.placer.owners(spec, nodes, group))
+                ]
+                hit = self._placed[child_id] = (spec, instances)
+            placed[child_id] = hit[1]
+        for gone in self._placed.keys() - placed.keys():
+            del self._placed[gone]
         return placed
 
     def desired(self) -> dict[str, Instance]:
