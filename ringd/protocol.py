@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-# A longer line is a protocol error: it bounds the memory one client can pin.
+# A longer request line is a protocol error: it bounds the memory one client can pin.
 MAX_LINE = 1 << 20
+# Replies can be long (which-children lists every child, ~250 bytes each); the
+# client trusts its daemon but still bounds what it buffers.
+MAX_REPLY = 256 << 20
 ENV_SOCKET = "RINGD_SOCKET"
 
 
@@ -95,7 +98,7 @@ class Client:
             sock.sendall(encode({"id": request_id, "op": op, "args": args}))
             while True:
                 try:
-                    line = replies.readline(MAX_LINE + 1)
+                    line = replies.readline(MAX_REPLY + 1)
                 except TimeoutError:
                     raise Unreachable(self.path, "timed out waiting for a reply") from None
                 if not line:
