@@ -90,20 +90,6 @@ class Placer:
         when fewer nodes are eligible: the child is degraded)."""
         return self.ring(self.eligible(spec, nodes, group)).owners(spec.id, spec.replicas)
 
-    def instances(
-        self,
-        specs: Mapping[str, ChildSpec],
-        nodes: Mapping[str, NodeInfo],
-        groups: Mapping[str, GroupRecord],
-    ) -> list[Instance]:
-        """Every instance of every spec, in spec order then replica order."""
-        out = []
-        for spec in specs.values():
-            group = groups.get(spec.group) if spec.group else None
-            for replica, node in enumerate(self.owners(spec, nodes, group)):
-                out.append(Instance(spec, replica, node))
-        return out
-
     @staticmethod
     def why_unplaced(
         spec: ChildSpec, nodes: Mapping[str, NodeInfo], group: GroupRecord | None

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from .handoff import Handoff
     from .keys import Keys
     from .membership import Membership
-    from .ring import Ring
     from .supervisor import Supervisor
     from .view import ClusterView
 
@@ -96,10 +95,6 @@ class Reconciler:
             groups = info.get("groups") if isinstance(info.get("groups"), list) else []
             out[name] = NodeInfo(name, labels, frozenset(g for g in groups if isinstance(g, str)))
         return out
-
-    def ring(self) -> Ring:
-        """The ring over every placeable node (for children without affinity)."""
-        return self.placer.ring(frozenset(self.nodes()))
 
     def _parsed(
         self, kind: str, parse: Callable[[bytes], Any], name_of: Callable[[Any], str]
@@ -445,9 +440,7 @@ class Reconciler:
         child while the next one is stopping."""
         self.stopping = True  # no new reconcile pass; one in flight may still stop some
         async with trio.open_nursery() as releases:
-            for child in reversed(list(self.supervisor.children.values())):
-                await self.supervisor.stop(child.id, sweep=False)  # the guard sweeps at exit
-                releases.start_soon(self._release, child)
+            await self.supervisor.stop_all(lambda child: releases.start_soon(self._release, child))
 
     async def _release(self, child: Child) -> None:
         async with self._claim_limiter:
@@ -482,6 +475,3 @@ class Reconciler:
             if self._dirty_claims:
                 await trio.sleep(0.5)
                 self._claims_dirty.set()
-
-    def claim_info(self, kv: KV | None) -> dict[str, Any]:
-        return decode(kv)

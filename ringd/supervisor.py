@@ -325,10 +325,12 @@ class Supervisor:
             self._to_sweep.add(child.spec.id)
             self._sweep_wanted.set()
 
-    async def stop_all(self) -> None:
-        """Stop every child, in reverse start order."""
-        for child_id in reversed(list(self.children)):
-            await self.stop(child_id, sweep=False)
+    async def stop_all(self, then: Callable[[Child], None] = lambda child: None) -> None:
+        """Stop every child, in reverse start order; ``then(child)`` after each stops
+        (graceful leave releases its claim there, while the next one stops)."""
+        for child in reversed(list(self.children.values())):
+            await self.stop(child.id, sweep=False)  # the guard sweeps once at exit
+            then(child)
 
     def kill_all(self) -> None:
         """SIGKILL every child now (fencing): no grace, no restart."""
