@@ -75,6 +75,7 @@ class ControlServer:
         mode: int = 0o660,
         group: str | None = None,
         max_connections: int = 128,
+        max_concurrent_ops: int = 4,
         max_line: int = protocol.MAX_LINE,
     ) -> None:
         self.path = path
@@ -84,6 +85,7 @@ class ControlServer:
         self.group = group
         self.max_line = max_line
         self._limit = trio.Semaphore(max_connections)
+        self._busy = trio.CapacityLimiter(max_concurrent_ops)
 
     def _bind(self) -> trio.socket.SocketType:
         path = Path(self.path)
@@ -158,7 +160,12 @@ class ControlServer:
                 handler = self.handlers.get(op)
                 if handler is None:
                     raise ProtocolError(f"unknown op {op!r}")
-                reply = protocol.ok(request_id, await handler(args))
+                # A few at a time: a crowd of heavy requests (which-children of
+                # thousands) must not hold the event loop so long that this node's
+                # keepalives miss their deadline and it fences itself.
+                async with self._busy:
+                    result = await handler(args)
+                reply = protocol.ok(request_id, result)
             except RingdError as exc:
                 reply = protocol.error(request_id, exc.code, str(exc))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
