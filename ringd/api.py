@@ -181,11 +181,10 @@ class Api:
         return {"id": child_id, "deleted": True}
 
     def _rows(
-        self, child_id: str, spec_kv: Any, placed: dict[str, list[Any]]
+        self, child_id: str, spec_kv: Any, placed: dict[str, list[Any]], claims: dict[str, Any]
     ) -> list[dict[str, Any]]:
         """One row per instance of a child (the master's first), from the claims."""
         spec = decode(spec_kv)
-        claims = self.view.by_kind("claims")
         owners = [i.node for i in placed.get(child_id, [])]
         replicas = spec.get("replicas", 1) if isinstance(spec.get("replicas"), int) else 1
         rows = []
@@ -270,7 +269,7 @@ class Api:
             spec_kv = await self.etcd.get(self.keys.child(child_id))
             if spec_kv is None:
                 raise NotFound("child", child_id)
-        rows = self._rows(child_id, spec_kv, self.reconciler.place())
+        rows = self._rows(child_id, spec_kv, self.reconciler.place(), self.view.by_kind("claims"))
         self._figures(rows)
         return {
             **rows[0],
@@ -286,10 +285,11 @@ class Api:
         if args.get("local"):
             node = self.config.name
         placed = self.reconciler.place()
+        claims = self.view.by_kind("claims")  # one copy per request, not per row
         rows = [
             row
             for child_id, kv in sorted(self.view.by_kind("children").items())
-            for row in self._rows(child_id, kv, placed)
+            for row in self._rows(child_id, kv, placed, claims)
         ]
         if args.get("local"):
             # This node's own view of its children is fresher than what it published.
