@@ -31,11 +31,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def instance_pids(token: str, child_ids: Collection[str] | None = None) -> list[int]:
-    """Pids of the processes whose environment holds ``RINGD_INSTANCE=token``
-    (and ``RINGD_CHILD_ID`` in ``child_ids`` when given)."""
+def instance_pids(token: str, fences: Collection[int] | None = None) -> list[int]:
+    """Pids of the processes whose environment holds ``RINGD_INSTANCE=token`` (and,
+    when given, ``RINGD_FENCE`` in ``fences``: the claims of particular child
+    instances, so that a new instance of the same child is never mistaken for them)."""
     marker = f"RINGD_INSTANCE={token}".encode()
-    wanted = None if child_ids is None else {f"RINGD_CHILD_ID={i}".encode() for i in child_ids}
+    wanted = None if fences is None else {f"RINGD_FENCE={f}".encode() for f in fences}
     me = os.getpid()
     found = []
     # This reads the environment of every process on the machine, so it is kept
@@ -66,14 +67,15 @@ def instance_pids(token: str, child_ids: Collection[str] | None = None) -> list[
 
 
 def kill_instance(
-    token: str, child_ids: Collection[str] | None = None, spare_groups: Collection[int] = ()
+    token: str, fences: Collection[int] | None = None, spare_groups: Collection[int] = ()
 ) -> int:
-    """SIGKILL every process of the instance (or of some of its children) and its
-    process group, except those in ``spare_groups`` (running children); returns how many."""
+    """SIGKILL every process of the daemon instance (or of the child instances with
+    these ``fences``) and its process group, except those in ``spare_groups``
+    (running children); returns how many."""
     killed = 0
     for _ in range(5):  # again, for anything forked while we were killing
         pids = []
-        for pid in instance_pids(token, child_ids):
+        for pid in instance_pids(token, fences):
             with contextlib.suppress(OSError):
                 if os.getpgid(pid) not in spare_groups:
                     pids.append(pid)

@@ -215,7 +215,7 @@ class Supervisor:
         self.children: dict[str, Child] = {}  # in start order
         self.groups: dict[str, LocalGroup] = {}  # named groups with members here
         self._nursery: trio.Nursery | None = None
-        self._to_sweep: set[str] = set()
+        self._to_sweep: set[int] = set()  # fences of stopped instances
         self._sweep_wanted = trio.Event()
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("RINGD_")}
 
@@ -239,12 +239,14 @@ class Supervisor:
             await self._sweep_wanted.wait()
             await trio.sleep(0.05)  # let a burst of stops (a move) share one scan
             self._sweep_wanted = trio.Event()
-            ids, self._to_sweep = self._to_sweep, set()
+            fences, self._to_sweep = self._to_sweep, set()
             running = {c.pid for c in self.children.values() if c.pid is not None}
-            killed = await trio.to_thread.run_sync(kill_instance, self.instance, ids, running)
+            killed = await trio.to_thread.run_sync(kill_instance, self.instance, fences, running)
             if killed:
                 logger.warning(
-                    "killed %d escaped processes of stopped children %s", killed, sorted(ids)
+                    "killed %d escaped processes of stopped child instances (fences %s)",
+                    killed,
+                    sorted(fences),
                 )
 
     # -- commands ---------------------------------------------------------------------
@@ -322,7 +324,7 @@ class Supervisor:
                 self.groups.pop(child.group.name, None)
             del self.children[child_id]
         if sweep:
-            self._to_sweep.add(child.spec.id)
+            self._to_sweep.add(child.fence)
             self._sweep_wanted.set()
 
     async def stop_all(self, then: Callable[[Child], None] = lambda child: None) -> None:
