@@ -143,12 +143,17 @@ def test_sigkilled_node_fails_over_and_takes_children_back(cluster: Cluster, jou
     with Sampler(cluster) as sampler:
         nodes["n3"].start()
 
-        def n3_has_children():
+        def n3_has_its_children_back():
+            # The ring gives n3 the same children as before it died.
             rows = running_rows(nodes["n1"], 30)
-            return rows if rows and any(r["node"] == "n3" for r in rows) else None
+            return (
+                rows
+                if rows and {r["id"] for r in rows if r["node"] == "n3"} == victim_children
+                else None
+            )
 
-        rows = wait_until(n3_has_children, 15, "n3 takes children back")
-        time.sleep(0.5)  # keep sampling while the last moves settle
+        rows = wait_until(n3_has_its_children_back, 20, "n3 takes its children back")
+        time.sleep(0.5)  # keep sampling a little after the last move
     assert sampler.samples >= 5  # the journal check below is exact; sampling backs it up
     assert sampler.violations == []
     back = {r["id"] for r in rows if r["node"] == "n3"}
