@@ -1025,7 +1025,8 @@ the control socket with `max_restarts: 10000, max_seconds: 1`. trio floor =
 `os.posix_spawn` (own session) + pidfd on trio, i.e. ringd's way minus its pipe,
 log and bookkeeping (`bench/floor.py`). supervisord = generated config,
 `autorestart=true`, `startsecs=0`, everything else default (minfds 1024, AUTO
-child logs). Start 1,000: ringd from the first `start_child` ({concurrency} in
+child logs: a log file per program and stream, as ringd keeps a log per child).
+Start 1,000: ringd from the first `start_child` ({concurrency} in
 flight) with the daemon already up; the others from process launch
 (supervisord's figure includes reading its config and its first ~1 s poll). "Running" is ringd's
 `status` (polled every 50 ms) and supervisord's log. RSS is the daemon process
