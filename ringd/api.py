@@ -24,7 +24,7 @@ from .placement import instance_key
 from .spec import NAME_PATTERN, GroupRecord, encode, parse_child, parse_group, signal_number
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from .config import Config
     from .etcd import Etcd
@@ -161,10 +161,11 @@ class Api:
             await self._wait_for(
                 lambda: self._running(spec.id), timeout, f"child {spec.id} running"
             )
-        return await self.find({"id": spec.id})
+        # The view may not hold the new spec yet; etcd just answered with it.
+        return self._found(spec.id, self.view.get("children", spec.id) or existing)
 
     def _running(self, child_id: str) -> bool:
-        claim = decode(self.view.by_kind("claims").get(child_id))
+        claim = decode(self.view.get("claims", child_id))
         return claim.get("state") == "running" and claim.get("pid") is not None
 
     async def delete_child(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -174,14 +175,18 @@ class Api:
         if args.get("wait"):
             timeout = _timeout(args)
             await self._wait_for(
-                lambda: child_id not in self.view.by_kind("claims"),
+                lambda: self.view.get("claims", child_id) is None,
                 timeout,
                 f"child {child_id} stopped",
             )
         return {"id": child_id, "deleted": True}
 
     def _rows(
-        self, child_id: str, spec_kv: Any, placed: dict[str, list[Any]], claims: dict[str, Any]
+        self,
+        child_id: str,
+        spec_kv: Any,
+        placed: Mapping[str, list[Any]],
+        claims: Mapping[str, Any],
     ) -> list[dict[str, Any]]:
         """One row per instance of a child (the master's first), from the claims."""
         spec = decode(spec_kv)
@@ -238,9 +243,9 @@ class Api:
         child = self.supervisor.children.get(child_id)
         if child is not None:
             return child
-        if child_id not in self.view.by_kind("children"):
+        if self.view.get("children", child_id) is None:
             raise NotFound("child", child_id)
-        node = decode(self.view.by_kind("claims").get(child_id)).get("node")
+        node = decode(self.view.get("claims", child_id)).get("node")
         if node:
             raise Refused(
                 f"child {child_id} runs on node {node}, not {self.config.name}: "
@@ -251,25 +256,32 @@ class Api:
     def _figures(self, rows: list[dict[str, Any]]) -> None:
         """RSS and CPU per instance: measured now for this node's children, else the
         figures their node last published (every ``figures_interval``)."""
-        published = {node: decode(kv) for node, kv in self.view.by_kind("nodes", "figures").items()}
+        published: dict[str, dict[str, Any]] = {}  # decoded once per node, when needed
         for row in rows:
             if row["node"] == self.config.name:
                 measured = self.figures.of(row.get("pid"))
+            elif row["node"] is None:
+                measured = None
             else:
-                measured = published.get(row["node"], {}).get(row["instance"])
+                if row["node"] not in published:
+                    published[row["node"]] = decode(self.view.get("nodes", row["node"], "figures"))
+                measured = published[row["node"]].get(row["instance"])
             if measured:
                 row["rss"], row["cpu"] = measured
 
     async def find(self, args: dict[str, Any]) -> dict[str, Any]:
         """The master's row, plus every instance with its node, pid and role."""
         child_id = _name(args)
-        spec_kv = self.view.by_kind("children").get(child_id)
+        spec_kv = self.view.get("children", child_id)
         if spec_kv is None:
             # The view may lag a write made a moment ago: ask etcd before saying no.
             spec_kv = await self.etcd.get(self.keys.child(child_id))
             if spec_kv is None:
                 raise NotFound("child", child_id)
-        rows = self._rows(child_id, spec_kv, self.reconciler.place(), self.view.by_kind("claims"))
+        return self._found(child_id, spec_kv)
+
+    def _found(self, child_id: str, spec_kv: Any) -> dict[str, Any]:
+        rows = self._rows(child_id, spec_kv, self.reconciler.place(), self.view.live("claims"))
         self._figures(rows)
         return {
             **rows[0],

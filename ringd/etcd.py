@@ -140,6 +140,10 @@ class Etcd:
         timeout: deadline of every call, in seconds.
     """
 
+    # Keys per multi-key transaction: etcd refuses more than 128 operations in one
+    # (its --max-txn-ops default).
+    txn_ops = 64
+
     def __init__(
         self,
         endpoints: Sequence[str],
@@ -299,6 +303,97 @@ class Etcd:
             return ok, KV(key, value_, meta.create_revision, meta.mod_revision, meta.lease_id)
 
         return await self._call("create", fn)
+
+    async def create_many(
+        self, items: Sequence[tuple[str, bytes]], *, lease: int | None = None
+    ) -> dict[str, KV]:
+        """Create each key that is absent, in one transaction (at most ``self.txn_ops``
+        keys): the keys as they are now, ours or not (a key created meanwhile by
+        someone else comes back with its owner's lease; none is missing).
+
+        All keys created together share one create revision: a fencing token is
+        per key, so that is fine.
+        """
+        assert len(items) <= self.txn_ops, "too many keys for one transaction"
+
+        def fn(c: Any) -> dict[str, KV]:
+            t = c.transactions
+            todo = dict(items)
+            out: dict[str, KV] = {}
+            while todo:
+                keys = list(todo)
+                ok, responses = c.transaction(
+                    compare=[t.create(k) == 0 for k in keys],
+                    success=[*(t.put(k, todo[k], lease=lease) for k in keys), t.get(keys[0])],
+                    failure=[t.get(k) for k in keys],
+                )
+                if ok:
+                    _, meta = responses[-1][0]
+                    rev = meta.create_revision
+                    out.update((k, KV(k, todo[k], rev, rev, lease or 0)) for k in keys)
+                    return out
+                # Some exist already: report those; try the rest again.
+                for key, rows in zip(keys, responses, strict=True):
+                    if rows:
+                        value, meta = rows[0]
+                        out[key] = KV(
+                            key, value, meta.create_revision, meta.mod_revision, meta.lease_id
+                        )
+                        del todo[key]
+            return out
+
+        return await self._call("create", fn)
+
+    async def put_many_if(
+        self, items: Sequence[tuple[str, bytes, int]], *, lease: int | None = None
+    ) -> list[str]:
+        """Put each ``(key, value, create_revision)`` whose key still has that create
+        revision, in one transaction when they all do; returns the keys written."""
+        assert len(items) <= self.txn_ops, "too many keys for one transaction"
+
+        def fn(c: Any) -> list[str]:
+            t = c.transactions
+            ok, _ = c.transaction(
+                compare=[t.create(k) == rev for k, _, rev in items],
+                success=[t.put(k, v, lease=lease) for k, v, _ in items],
+                failure=[],
+            )
+            if ok:
+                return [k for k, _, _ in items]
+            written = []  # one is gone (released, or its lease ended): one at a time
+            for key, value, rev in items:
+                ok, _ = c.transaction(
+                    compare=[t.create(key) == rev],
+                    success=[t.put(key, value, lease=lease)],
+                    failure=[],
+                )
+                if ok:
+                    written.append(key)
+            return written
+
+        return await self._call("put_if", fn)
+
+    async def delete_many_if(self, items: Sequence[tuple[str, int]]) -> None:
+        """Delete each ``(key, create_revision)`` still of that incarnation, in one
+        transaction when they all are."""
+        assert len(items) <= self.txn_ops, "too many keys for one transaction"
+
+        def fn(c: Any) -> None:
+            t = c.transactions
+            ok, _ = c.transaction(
+                compare=[t.create(k) == rev for k, rev in items],
+                success=[etcd3.transactions.Delete(k) for k, _ in items],
+                failure=[],
+            )
+            if not ok:  # one is another incarnation, or gone: one at a time
+                for key, rev in items:
+                    c.transaction(
+                        compare=[t.create(key) == rev],
+                        success=[etcd3.transactions.Delete(key)],
+                        failure=[],
+                    )
+
+        await self._call("delete_if", fn)
 
     async def put_if(
         self,

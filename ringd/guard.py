@@ -31,12 +31,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def instance_pids(token: str, fences: Collection[int] | None = None) -> list[int]:
+def instance_pids(token: str, instances: Collection[tuple[str, int]] | None = None) -> list[int]:
     """Pids of the processes whose environment holds ``RINGD_INSTANCE=token`` (and,
-    when given, ``RINGD_FENCE`` in ``fences``: the claims of particular child
-    instances, so that a new instance of the same child is never mistaken for them)."""
+    when given, one of ``instances``: (``RINGD_CHILD_ID``, ``RINGD_FENCE``) pairs of
+    particular child instances, so that a new instance of the same child, with a
+    new fence, is never mistaken for them; claims made together share a fence)."""
     marker = f"RINGD_INSTANCE={token}".encode()
-    wanted = None if fences is None else {f"RINGD_FENCE={f}".encode() for f in fences}
+    wanted = (
+        None
+        if instances is None
+        else {(f"RINGD_CHILD_ID={c}".encode(), f"RINGD_FENCE={f}".encode()) for c, f in instances}
+    )
     me = os.getpid()
     found = []
     # This reads the environment of every process on the machine, so it is kept
@@ -60,22 +65,35 @@ def instance_pids(token: str, fences: Collection[int] | None = None) -> list[int
             os.close(fd)
         if marker not in raw:
             continue
-        env = set(raw.split(b"\0"))
-        if marker in env and (wanted is None or not wanted.isdisjoint(env)):
+        env = raw.split(b"\0")
+        if marker in env and (wanted is None or _identity(env) in wanted):
             found.append(int(entry))
     return found
 
 
+def _identity(env: list[bytes]) -> tuple[bytes, bytes]:
+    """A process's (RINGD_CHILD_ID=..., RINGD_FENCE=...) entries."""
+    child = fence = b""
+    for entry in env:
+        if entry.startswith(b"RINGD_CHILD_ID="):
+            child = entry
+        elif entry.startswith(b"RINGD_FENCE="):
+            fence = entry
+    return child, fence
+
+
 def kill_instance(
-    token: str, fences: Collection[int] | None = None, spare_groups: Collection[int] = ()
+    token: str,
+    instances: Collection[tuple[str, int]] | None = None,
+    spare_groups: Collection[int] = (),
 ) -> int:
-    """SIGKILL every process of the daemon instance (or of the child instances with
-    these ``fences``) and its process group, except those in ``spare_groups``
+    """SIGKILL every process of the daemon instance (or of these child ``instances``,
+    see ``instance_pids``) and its process group, except those in ``spare_groups``
     (running children); returns how many."""
     killed = 0
     for _ in range(5):  # again, for anything forked while we were killing
         pids = []
-        for pid in instance_pids(token, fences):
+        for pid in instance_pids(token, instances):
             with contextlib.suppress(OSError):
                 if os.getpgid(pid) not in spare_groups:
                     pids.append(pid)

@@ -15,7 +15,8 @@ import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import trio
@@ -27,7 +28,7 @@ from .spec import ChildSpec, GroupRecord, encode, parse_child, parse_group_recor
 from .supervisor import Child, State
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from .etcd import KV, Etcd
     from .handoff import Handoff
@@ -37,6 +38,12 @@ if TYPE_CHECKING:
     from .view import ClusterView
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _batches(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class Reconciler:
@@ -71,7 +78,10 @@ class Reconciler:
         self._failed_here: dict[str, str] = {}  # groups that failed on this node -> reason
         self.placer = Placer()
         self._placed_for: tuple[frozenset[Any], frozenset[Any]] | None = None
-        self._placed: dict[str, tuple[ChildSpec, list[Instance]]] = {}
+        self._placed: dict[str, list[Instance]] = {}  # spec id -> instances, start order
+        self._specs: dict[str, ChildSpec] = {}  # valid specs, start order
+        self._to_place: set[str] = set()  # specs changed since the last place()
+        self._spec_cursor: tuple[int, int] | None = None  # into view.changes("children")
         self._claim_limiter = trio.CapacityLimiter(32)
         self.handoff = handoff
         self.rebalance_rate = rebalance_rate
@@ -105,27 +115,63 @@ class Reconciler:
         out = {}
         kvs = self.view.by_kind(kind)
         for name, kv in kvs.items():
-            cached = cache.get(name)
-            if cached is None or cached[0] != kv.mod_revision:
-                try:
-                    value = parse(kv.value)
-                    if name_of(value) != name:
-                        raise InvalidSpec("id", f"{name_of(value)!r} does not match key {kv.key!r}")
-                except InvalidSpec as exc:
-                    logger.error("skipping invalid %s at %s: %s", kind, kv.key, exc)
-                    value = None
-                cached = cache[name] = (kv.mod_revision, value)
-            if cached[1] is not None:
-                out[name] = (cached[1], kv)
+            value = self._parse_one(cache, kind, name, kv, parse, name_of)
+            if value is not None:
+                out[name] = (value, kv)
         for gone in cache.keys() - kvs.keys():
             del cache[gone]
         return out
 
-    def specs(self) -> dict[str, ChildSpec]:
+    @staticmethod
+    def _parse_one(
+        cache: dict[str, tuple[int, Any]],
+        kind: str,
+        name: str,
+        kv: KV,
+        parse: Callable[[bytes], Any],
+        name_of: Callable[[Any], str],
+    ) -> Any:
+        cached = cache.get(name)
+        if cached is None or cached[0] != kv.mod_revision:
+            try:
+                value = parse(kv.value)
+                if name_of(value) != name:
+                    raise InvalidSpec("id", f"{name_of(value)!r} does not match key {kv.key!r}")
+            except InvalidSpec as exc:
+                logger.error("skipping invalid %s at %s: %s", kind, kv.key, exc)
+                value = None
+            cached = cache[name] = (kv.mod_revision, value)
+        return cached[1]
+
+    def _sync_specs(self) -> None:
+        """Bring ``_specs`` up to date with the view, one changed spec at a time (a
+        burst of start-child calls must not cost a pass over every spec each)."""
+        names, self._spec_cursor = self.view.changes("children", self._spec_cursor)
+        if names is None:  # first time, or the view re-listed
+            self._specs, self._to_place = {}, set()
+            self._placed_for = None
+            names = list(self.view.by_kind("children"))  # in start order
+        cache = self._cache.setdefault("children", {})
+        for name in dict.fromkeys(names):
+            kv = self.view.get("children", name)
+            self._to_place.add(name)
+            if kv is None:
+                self._specs.pop(name, None)
+                cache.pop(name, None)
+                continue
+            known = self._specs.get(name)
+            if known is not None and cache[name][0] == kv.mod_revision:
+                continue
+            spec = self._parse_one(cache, "children", name, kv, parse_child, lambda s: s.id)
+            if spec is None:
+                self._specs.pop(name, None)
+            else:
+                self._specs[name] = spec  # a new spec goes last: the newest starts last
+
+    def specs(self) -> Mapping[str, ChildSpec]:
         """Every valid child spec, in the order they were created (their start order)."""
-        parsed = self._parsed("children", parse_child, lambda s: s.id)
-        ordered = sorted(parsed.items(), key=lambda item: item[1][1].create_revision)
-        return {name: spec for name, (spec, _) in ordered}
+        self._sync_specs()
+        return MappingProxyType(self._specs)
 
     def groups(self) -> dict[str, tuple[GroupRecord, KV]]:
         return self._parsed("groups", parse_group_record, lambda r: r.spec.name)
@@ -141,12 +187,14 @@ class Reconciler:
             return f"group {spec.group} failed: {record[0].reason}"
         return ""
 
-    def place(self) -> dict[str, list[Instance]]:
-        """Every runnable spec's instances (spec id -> instances, master first).
+    def place(self) -> Mapping[str, list[Instance]]:
+        """Every runnable spec's instances (spec id -> instances, master first), in
+        start order.
 
-        Cached per spec while the nodes and groups stay the same, so that a burst of
-        start-child calls costs one placement each, not one per spec per pass.
+        Kept from pass to pass: only specs that changed are placed again, and all of
+        them when the nodes or the groups change.
         """
+        self._sync_specs()
         with_kv = self.groups()
         groups = {name: record for name, (record, _) in with_kv.items()}
         nodes = self.nodes()
@@ -156,22 +204,22 @@ class Reconciler:
         )
         if inputs != self._placed_for:
             self._placed_for, self._placed = inputs, {}
-        placed: dict[str, list[Instance]] = {}
-        for child_id, spec in self.specs().items():
-            if self.blocked(spec, with_kv):
+            todo: Iterable[str] = list(self._specs)
+        else:
+            todo = [name for name in self._specs if name in self._to_place]
+            todo += [name for name in self._to_place if name not in self._specs]
+        self._to_place = set()
+        for child_id in todo:
+            spec = self._specs.get(child_id)
+            if spec is None or self.blocked(spec, with_kv):
+                self._placed.pop(child_id, None)
                 continue
-            hit = self._placed.get(child_id)
-            if hit is None or hit[0] is not spec:  # parsed specs are reused while unchanged
-                group = groups.get(spec.group) if spec.group else None
-                instances = [
-                    Instance(spec, r, node)
-                    for r, node in enumerate(self.placer.owners(spec, nodes, group))
-                ]
-                hit = self._placed[child_id] = (spec, instances)
-            placed[child_id] = hit[1]
-        for gone in self._placed.keys() - placed.keys():
-            del self._placed[gone]
-        return placed
+            group = groups.get(spec.group) if spec.group else None
+            self._placed[child_id] = [
+                Instance(spec, r, node)
+                for r, node in enumerate(self.placer.owners(spec, nodes, group))
+            ]
+        return MappingProxyType(self._placed)
 
     def desired(self) -> dict[str, Instance]:
         """The instances this node should run, by instance key, in start order."""
@@ -217,25 +265,29 @@ class Reconciler:
             nursery.start_soon(self._publish_claims)
             nursery.start_soon(self._watch_inputs)
             task_status.started()
+            full = True
             while True:
                 self._wake = trio.Event()
                 try:
-                    await self.reconcile()
+                    await self.reconcile(full=full)
                 except EtcdUnavailable as exc:
                     logger.warning("reconcile: %s", exc)
                     with trio.move_on_after(1.0):
                         await self._wake.wait()
+                    full = True
                     continue
                 except Exception:
                     # A bug must not take the node's children down with the daemon:
                     # log it loudly and try again from the current state.
                     logger.exception("reconcile failed; retrying in 1 s")
                     await trio.sleep(1.0)
+                    full = True
                     continue
                 wait = min(self.resync_interval, max(self._next_retry - time.time(), 0.05))
                 self._next_retry = math.inf
-                with trio.move_on_after(wait):
+                with trio.move_on_after(wait) as timer:
                     await self._wake.wait()
+                full = timer.cancelled_caught
 
     async def _watch_inputs(self) -> None:
         seen = -1
@@ -251,8 +303,11 @@ class Reconciler:
                 seen = await self.view.wait_changed(seen)
                 self.wake()
 
-    async def reconcile(self) -> None:
-        """One pass: stop what is no longer ours, start what is ours and free."""
+    async def reconcile(self, *, full: bool = True) -> None:
+        """One pass: stop what is no longer ours, start what is ours and free.
+
+        ``full`` also looks for claims of ours that nothing here runs (the periodic
+        pass; a pass after a change skips that scan of every claim)."""
         if self.stopping:
             return
         if not self.membership.may_run():
@@ -273,7 +328,6 @@ class Reconciler:
         for record, _ in groups.values():
             self.supervisor.update_group(record.spec)
         lease = self.membership.lease_id
-        claims = self.view.by_kind("claims")
 
         restarts, moves = [], []
         for key, child in self.supervisor.children.items():
@@ -301,7 +355,7 @@ class Reconciler:
             for key, instance in desired.items()
             if key not in self.supervisor.children
             # still held by its previous owner: wait for it to let go
-            and (claims.get(key) is None or claims[key].lease == lease)
+            and ((held := self.view.get("claims", key)) is None or held.lease == lease)
         ]
         claimed = await self._claim(key for key, _ in wanted) if wanted else {}
         for key, instance in wanted:  # in start order, whatever order the claims came in
@@ -315,10 +369,12 @@ class Reconciler:
             group = groups[spec.group][0].spec if spec.group else None
             self.supervisor.start(spec, key=key, fence=claim.create_revision, group=group, env=env)
 
-        # Claims of ours that nothing here runs any more (e.g. left by a failed stop).
-        for child_id, claim in claims.items():
-            if claim.lease == lease and child_id not in self.supervisor.children:
-                await self.etcd.delete_if(claim.key, create_revision=claim.create_revision)
+        # Claims of ours that nothing here runs any more (e.g. left by a failed stop):
+        # on the periodic pass only, as this reads every claim.
+        if full:
+            for child_id, claim in self.view.by_kind("claims").items():
+                if claim.lease == lease and child_id not in self.supervisor.children:
+                    await self.etcd.delete_if(claim.key, create_revision=claim.create_revision)
 
     def on_group_failed(self, group: str, reason: str) -> None:
         """Supervisor callback: a group failed here past its node-level intensity."""
@@ -381,19 +437,23 @@ class Reconciler:
         claimed: dict[str, KV] = {}
         failed: list[EtcdUnavailable] = []
 
-        async def claim(key: str) -> None:
+        async def claim(batch: list[str]) -> None:
             async with self._claim_limiter:
                 try:
-                    _, kv = await self.etcd.create(self.keys.claim(key), value, lease=lease)
+                    kvs = await self.etcd.create_many(
+                        [(self.keys.claim(key), value) for key in batch], lease=lease
+                    )
                 except EtcdUnavailable as exc:
                     failed.append(exc)
                     return
-            if kv is not None and kv.lease == lease == self.membership.lease_id:
-                claimed[key] = kv
+            for key in batch:
+                kv = kvs.get(self.keys.claim(key))
+                if kv is not None and kv.lease == lease == self.membership.lease_id:
+                    claimed[key] = kv
 
         async with trio.open_nursery() as nursery:
-            for key in keys:
-                nursery.start_soon(claim, key)
+            for batch in _batches(list(keys), self.etcd.txn_ops):
+                nursery.start_soon(claim, batch)
         if failed and not claimed:
             raise failed[0]
         return claimed
@@ -435,21 +495,35 @@ class Reconciler:
             await self.supervisor.stop(child_id)
 
     async def release_all(self) -> None:
-        """Graceful shutdown: stop every child in reverse start order (OTP), releasing
-        each claim as soon as its child has stopped, so survivors take over child by
-        child while the next one is stopping."""
+        """Graceful shutdown: stop every child (see ``Supervisor.stop_all``), releasing
+        claims as soon as their children have stopped (many per transaction), so
+        survivors take over while the rest are still stopping."""
         self.stopping = True  # no new reconcile pass; one in flight may still stop some
+        send, receive = trio.open_memory_channel[Child](math.inf)
         async with trio.open_nursery() as releases:
-            await self.supervisor.stop_all(lambda child: releases.start_soon(self._release, child))
+            releases.start_soon(self._release_stopped, receive)
+            async with send:
+                await self.supervisor.stop_all(send.send_nowait)
 
-    async def _release(self, child: Child) -> None:
-        async with self._claim_limiter:
+    async def _release_stopped(self, stopped: trio.MemoryReceiveChannel[Child]) -> None:
+        """Release the claims of stopped children: whatever stopped while the last
+        transaction was in flight goes in the next one."""
+        async for child in stopped:
+            batch = [child]
+            while len(batch) < self.etcd.txn_ops:
+                try:
+                    batch.append(stopped.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
             try:
-                if child.spec.handoff:
-                    await self.handoff.store(child.id)
-                await self.etcd.delete_if(self.keys.claim(child.id), create_revision=child.fence)
+                for c in batch:
+                    if c.spec.handoff:
+                        await self.handoff.store(c.id)
+                await self.etcd.delete_many_if([(self.keys.claim(c.id), c.fence) for c in batch])
             except EtcdUnavailable as exc:
-                logger.warning("cannot release %s (the lease revoke will): %s", child.id, exc)
+                logger.warning(
+                    "cannot release %d claims (the lease revoke will): %s", len(batch), exc
+                )
 
     async def _publish_claims(self) -> None:
         """Write each child's state, pid and restarts into its claim (coalesced)."""
@@ -458,20 +532,21 @@ class Reconciler:
             self._claims_dirty = trio.Event()
             dirty, self._dirty_claims = self._dirty_claims, set()
             lease = self.membership.lease_id
-            for child_id in dirty:
-                child = self.supervisor.children.get(child_id)
-                if child is None or lease is None or child.state == State.STOPPING:
-                    continue
+            if lease is None:
+                continue
+            publish = [
+                child
+                for child_id in dirty
+                if (child := self.supervisor.children.get(child_id)) is not None
+                and child.state != State.STOPPING
+            ]
+            for batch in _batches(publish, self.etcd.txn_ops):
+                items = [(self.keys.claim(c.id), self._claim_value(c), c.fence) for c in batch]
                 try:
-                    await self.etcd.put_if(
-                        self.keys.claim(child_id),
-                        self._claim_value(child),
-                        create_revision=child.fence,
-                        lease=lease,
-                    )
+                    await self.etcd.put_many_if(items, lease=lease)
                 except EtcdUnavailable as exc:
-                    logger.warning("cannot publish claim of %s: %s", child_id, exc)
-                    self._dirty_claims.add(child_id)
+                    logger.warning("cannot publish %d claims: %s", len(batch), exc)
+                    self._dirty_claims.update(c.id for c in batch)
             if self._dirty_claims:
                 await trio.sleep(0.5)
                 self._claims_dirty.set()

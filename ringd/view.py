@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -18,7 +19,7 @@ import trio
 from .errors import EtcdUnavailable, WatchBroken
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
     from .etcd import KV, Etcd, Event
     from .keys import Keys
@@ -67,29 +68,74 @@ class ClusterView:
         self.revision = 0
         self.version = 0  # bumped on every change; see wait_changed
         self._changed = trio.Event()
+        # (kind, sub) -> {name: kv}, each in create-revision order (start order)
         self._index: dict[tuple[str, str], dict[str, KV]] = {}
+        # (kind, sub) -> names changed since the last re-list, in order; see changes()
+        self._log: dict[tuple[str, str], list[str]] = {}
+        self._epoch = 0  # bumped by every re-list: consumers start over
         self._subscribers: set[trio.MemorySendChannel[Change]] = set()
 
     # -- reading ----------------------------------------------------------------------
 
     def by_kind(self, kind: str, sub: str = "") -> dict[str, KV]:
-        """``{name: kv}`` for one kind of key (``children``, ``claims``, ``nodes``+``alive``).
+        """``{name: kv}`` for one kind of key (``children``, ``claims``, ``nodes``+``alive``),
+        in create-revision order.
 
         A copy: callers iterate it across awaits while the view changes.
         """
         return dict(self._index.get((kind, sub), _EMPTY))
 
+    def live(self, kind: str, sub: str = "") -> Mapping[str, KV]:
+        """Like ``by_kind`` but no copy: only for reading between two awaits."""
+        return MappingProxyType(self._index.get((kind, sub), _EMPTY))
+
+    def get(self, kind: str, name: str, sub: str = "") -> KV | None:
+        """One key of a kind, without copying the kind."""
+        return self._index.get((kind, sub), _EMPTY).get(name)
+
+    def count(self, kind: str, sub: str = "") -> int:
+        return len(self._index.get((kind, sub), _EMPTY))
+
+    def changes(
+        self, kind: str, cursor: tuple[int, int] | None, sub: str = ""
+    ) -> tuple[list[str] | None, tuple[int, int]]:
+        """The names of one kind changed since ``cursor`` (None: since ever), and the
+        cursor to pass next time. The names are None when the consumer must start
+        over from ``by_kind`` (first call, or a re-list happened since).
+
+        This lets a reader of thousands of keys do work per change, not per key.
+        """
+        log = self._log.get((kind, sub), [])
+        if cursor is None or cursor[0] != self._epoch:
+            return None, (self._epoch, len(log))
+        return log[cursor[1] :], (self._epoch, len(log))
+
+    def _log_change(self, bucket: tuple[str, str], name: str) -> None:
+        log = self._log.setdefault(bucket, [])
+        log.append(name)
+        if len(log) > 100_000:  # long-lived watch: make consumers start over, bounded
+            self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self._epoch += 1
+        self._log = {}
+
     def _put(self, kv: KV) -> KV | None:
         previous = self.kvs.get(kv.key)
         self.kvs[kv.key] = kv
         if parsed := self.keys.parse(kv.key):
-            self._index.setdefault((parsed[0], parsed[2]), {})[parsed[1]] = kv
+            bucket = self._index.setdefault((parsed[0], parsed[2]), {})
+            if previous is not None and previous.create_revision != kv.create_revision:
+                bucket.pop(parsed[1], None)  # a new incarnation: it goes last
+            bucket[parsed[1]] = kv
+            self._log_change((parsed[0], parsed[2]), parsed[1])
         return previous
 
     def _delete(self, key: str) -> KV | None:
         previous = self.kvs.pop(key, None)
         if (parsed := self.keys.parse(key)) and (bucket := self._index.get((parsed[0], parsed[2]))):
             bucket.pop(parsed[1], None)
+            self._log_change((parsed[0], parsed[2]), parsed[1])
         return previous
 
     @contextlib.contextmanager
@@ -139,6 +185,11 @@ class ClusterView:
         for key, kv in fresh.items():
             if self.kvs.get(key) != kv:
                 self._publish(Change("put", kv, self._put(kv)))
+        # Keep every kind in create-revision order (what a watch alone keeps), and
+        # make readers of changes() start over from the fresh state.
+        for bucket, named in self._index.items():
+            self._index[bucket] = dict(sorted(named.items(), key=lambda i: i[1].create_revision))
+        self._new_epoch()
         self.revision = revision
         self._bump()
 

@@ -221,8 +221,9 @@ async def test_shutdown_stops_in_reverse_start_order(h: Harness) -> None:
     journal = h.tmp / "journal"
     journal.mkdir()
     child_py = str(__import__("pathlib").Path(__file__).with_name("child.py"))
+    group = GroupSpec(name="g")
     for name in ("first", "second", "third"):
-        h.start(name, [sys.executable, child_py, str(journal)])
+        h.start(name, [sys.executable, child_py, str(journal)], group)
     await until(lambda: len(list(journal.iterdir())) == 3, what="children started")
     await h.sup.stop_all()
     stops = sorted(
@@ -232,6 +233,43 @@ async def test_shutdown_stops_in_reverse_start_order(h: Harness) -> None:
         if line.startswith("stop")
     )
     assert [name for _, name in stops] == ["third", "second", "first"]
+
+
+async def test_shutdown_waits_within_a_group_not_across_groups(h: Harness) -> None:
+    """A group's members stop one after the other (reverse start order); separate
+    groups and children without a group stop at the same time."""
+    journal = h.tmp / "shutdown.log"
+
+    def slow_to_stop(name: str) -> list[str]:
+        def record(what: str) -> str:
+            return f"echo {what} {name} $(date +%s%N) >> {journal}"
+
+        on_term = f"{record('term')}; sleep 0.3; {record('exit')}; exit 0"
+        # Single quotes: $(date) runs when the signal comes, not when the trap is set.
+        return ["sh", "-c", f"trap '{on_term}' TERM; while :; do sleep 1 & wait $!; done"]
+
+    group = GroupSpec(name="g")
+    children = [
+        h.start("g1", slow_to_stop("g1"), group),
+        h.start("g2", slow_to_stop("g2"), group),
+        h.start("solo1", slow_to_stop("solo1")),
+        h.start("solo2", slow_to_stop("solo2")),
+    ]
+    for child in children:
+        await until(lambda c=child: running_pid(c), what=f"{child.id} running")
+    await trio.sleep(0.2)  # let the shells set their traps
+    released = []
+    await h.sup.stop_all(then=lambda child: released.append(child.id))
+    assert sorted(released) == ["g1", "g2", "solo1", "solo2"] and not h.sup.children
+    events = {
+        (what, name): int(t)
+        for what, name, t in (line.split() for line in journal.read_text().splitlines())
+    }
+    assert events[("exit", "g2")] <= events[("term", "g1")], "g1 stops only after g2 exited"
+    concurrent = ("g2", "solo1", "solo2")
+    assert max(events[("term", n)] for n in concurrent) < min(
+        events[("exit", n)] for n in concurrent
+    ), f"the group and the solo children stop at the same time: {events}"
 
 
 async def test_terminate_then_restart(h: Harness) -> None:
