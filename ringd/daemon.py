@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import resource
 import secrets
 import signal
 from pathlib import Path
@@ -35,8 +36,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one: each child holds two
+    descriptors here (output pipe, pidfd), and a soft limit of 1024 (systemd's
+    default) would refuse children past ~500. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open-files limit from %d: %s", soft, exc)
+    return soft
+
+
 async def run(config: Config) -> None:
     """Run the daemon until SIGTERM or SIGINT, then leave the cluster cleanly."""
+    limit = raise_fd_limit()
+    if limit < 4096:
+        logger.warning("open-files limit %d: at most ~%d children", limit, limit // 2 - 50)
     # First, before anything is spawned: it takes systemd's variables out of the
     # environment that the private etcd, the guard and the children inherit.
     notifier = Notifier.from_environ()

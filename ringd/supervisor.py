@@ -103,9 +103,11 @@ class LocalGroup:
     """One group's supervisor on this node: its members in start order, its intensity,
     and the node-level intensity that restarts it as a whole."""
 
+    __slots__ = ("intensity", "lock", "members", "node_intensity", "node_restarts", "solo", "spec")
+
     def __init__(self, spec: GroupSpec, *, solo: bool = False) -> None:
         self.spec = spec
-        self.solo = solo
+        self.solo = solo  # a child without a group: it fails, no node level
         self.members: list[Child] = []
         self.intensity = Intensity(spec.max_restarts, spec.max_seconds)
         # supervisorring: the local supervisor may be restarted 2 times in 2 x its period.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import resource
 import signal
+import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -321,3 +323,20 @@ async def test_log_rotation_keeps_the_bound(tmp_path: Path, nursery: trio.Nurser
 def test_intensity_window_is_exact() -> None:
     window = Intensity(1, 1.0)
     assert window.allow(0.0) and not window.allow(1.0) and window.allow(1.01)
+
+
+def test_daemon_raises_its_open_files_limit() -> None:
+    """Two descriptors per child: a soft limit of 1024 would refuse children past
+    ~500. Checked in a subprocess whose soft limit starts at 1024."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"the hard limit here is {hard}: nothing to raise")
+    code = (
+        "import resource; from ringd.daemon import raise_fd_limit;"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE);"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard));"
+        "print(raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    raised, soft, hard = (int(x) for x in out.stdout.split())
+    assert raised == soft == (hard if hard != resource.RLIM_INFINITY else 1 << 20)

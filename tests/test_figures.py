@@ -1,0 +1,55 @@
+"""Per-child figures from psutil, on real processes: RSS, CPU since the previous
+reading, and the short cache that keeps a crowd of callers off /proc."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from ringd.figures import Figures
+
+
+@pytest.fixture
+def busy():
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    deadline = time.monotonic() + 10
+    while psutil.Process(process.pid).memory_info().rss < 2_000_000:  # Python is up
+        assert time.monotonic() < deadline, "the busy process did not start"
+        time.sleep(0.01)
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_cpu_and_rss_of_a_busy_process(busy: subprocess.Popen[bytes]) -> None:
+    figures = Figures(fresh=0.0)
+    rss, cpu = figures.of(busy.pid)
+    assert rss > 1_000_000 and cpu == 0.0  # no previous reading yet
+    time.sleep(0.3)
+    rss, cpu = figures.of(busy.pid)
+    assert rss > 1_000_000 and cpu > 20.0  # it spins on a core (some, on a busy machine)
+
+
+def test_a_fresh_reading_is_reused_then_renewed(busy: subprocess.Popen[bytes]) -> None:
+    figures = Figures(fresh=60.0)
+    first = figures.of(busy.pid)
+    time.sleep(0.2)
+    assert figures.of(busy.pid) == first  # within 60 s: the same reading
+    figures.fresh = 0.0
+    assert figures.of(busy.pid)[1] > 0.0  # renewed: CPU since the first one
+
+
+def test_gone_or_absent_processes_have_no_figures(busy: subprocess.Popen[bytes]) -> None:
+    figures = Figures()
+    assert figures.of(None) is None
+    assert figures.of(busy.pid) is not None
+    busy.kill()
+    busy.wait()
+    figures.fresh = 0.0
+    assert figures.of(busy.pid) is None
+    figures.forget_others(set())
+    assert not figures._last
