@@ -80,6 +80,7 @@ class Reconciler:
         self._placed_for: tuple[frozenset[Any], frozenset[Any]] | None = None
         self._placed: dict[str, list[Instance]] = {}  # spec id -> instances, start order
         self._specs: dict[str, ChildSpec] = {}  # valid specs, start order
+        self._node_infos: dict[str, tuple[int, NodeInfo]] = {}  # decoded once per revision
         self._to_place: set[str] = set()  # specs changed since the last place()
         self._spec_cursor: tuple[int, int] | None = None  # into view.changes("children")
         self._claim_limiter = trio.CapacityLimiter(32)
@@ -95,15 +96,19 @@ class Reconciler:
 
     def nodes(self) -> dict[str, NodeInfo]:
         """The nodes children may be placed on: online and not draining."""
-        drained = self.view.by_kind("nodes", "drain")
+        drained = self.view.live("nodes", "drain")
         out = {}
-        for name, kv in self.view.by_kind("nodes", "alive").items():
+        for name, kv in self.view.live("nodes", "alive").items():
             if name in drained:
                 continue
-            info = decode(kv)
-            labels = info.get("labels") if isinstance(info.get("labels"), dict) else {}
-            groups = info.get("groups") if isinstance(info.get("groups"), list) else []
-            out[name] = NodeInfo(name, labels, frozenset(g for g in groups if isinstance(g, str)))
+            known = self._node_infos.get(name)
+            if known is None or known[0] != kv.mod_revision:
+                info = decode(kv)
+                labels = info.get("labels") if isinstance(info.get("labels"), dict) else {}
+                groups = info.get("groups") if isinstance(info.get("groups"), list) else []
+                node = NodeInfo(name, labels, frozenset(g for g in groups if isinstance(g, str)))
+                known = self._node_infos[name] = (kv.mod_revision, node)
+            out[name] = known[1]
         return out
 
     def _parsed(
