@@ -545,6 +545,7 @@ class Reconciler:
                 if (child := self.supervisor.children.get(child_id)) is not None
                 and child.state != State.STOPPING
             ]
+            failed = False
             for batch in _batches(publish, self.etcd.txn_ops):
                 items = [(self.keys.claim(c.id), self._claim_value(c), c.fence) for c in batch]
                 try:
@@ -552,6 +553,7 @@ class Reconciler:
                 except EtcdUnavailable as exc:
                     logger.warning("cannot publish %d claims: %s", len(batch), exc)
                     self._dirty_claims.update(c.id for c in batch)
-            if self._dirty_claims:
+                    failed = True
+            if failed:  # etcd is away: retry later (changes made meanwhile go at once)
                 await trio.sleep(0.5)
                 self._claims_dirty.set()
