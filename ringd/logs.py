@@ -1,6 +1,6 @@
-"""Children's output: a pipe per child, read by the daemon into a log file with
-size-based rotation (bounded disk use), optionally mirrored to the daemon's
-stderr (the journal, under systemd) with the child's id as a prefix.
+"""Children's output: a pipe per child, read by the daemon (``ChildIO``) into a
+log file with size-based rotation (bounded disk use), optionally mirrored to the
+daemon's stderr (the journal, under systemd) with the child's id as a prefix.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import os
 import sys
 from collections import deque
 from typing import TYPE_CHECKING
-
-import trio
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -73,27 +71,6 @@ class RotatingLog:
             with contextlib.suppress(OSError):
                 sys.stderr.buffer.write(out)
                 sys.stderr.buffer.flush()
-
-
-async def pump(fd: int, log: RotatingLog) -> None:
-    """Copy a child's output pipe into its log until every writer has closed it.
-
-    The raw descriptor, not a ``trio.lowlevel.FdStream``: there is one per child,
-    and the stream object costs ~0.7 KiB of the ~8 KiB budget per child.
-    """
-    os.set_blocking(fd, False)
-    try:
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                return
-            log.write(chunk)
-    finally:
-        os.close(fd)
 
 
 def tail(path: Path, lines: int) -> list[str]:

@@ -11,8 +11,8 @@ reconciler makes cluster-wide. A child without a group simply fails.
 Each child runs in its own session (its own process group), so a signal reaches
 every process it started. Children are spawned with ``posix_spawn`` on the trio
 thread (no thread hop as in ``trio.lowlevel.open_process``; ``Popen`` only when
-a cwd is set, which ``posix_spawn`` cannot do on 3.11) and awaited through a
-pidfd, which wakes trio the moment the child exits.
+a cwd is set, which ``posix_spawn`` cannot do on 3.11); their output and exit
+are watched by ``ChildIO`` (a pidfd per child wakes it the moment one exits).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import metrics
+from .childio import ChildIO
 from .guard import kill_instance
 from .intensity import Intensity
-from .logs import RotatingLog, pump
+from .logs import RotatingLog
 from .spec import ChildSpec, GroupSpec, signal_number
 
 if TYPE_CHECKING:
@@ -167,17 +168,6 @@ def restart_wanted(restart: str, status: int) -> bool:
     return status != 0
 
 
-async def wait_pid(pid: int) -> int:
-    """Wait for a child to exit and reap it; returns the exit code (-N: signal N)."""
-    fd = os.pidfd_open(pid)
-    try:
-        await trio.lowlevel.wait_readable(fd)
-    finally:
-        os.close(fd)
-    _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 - a zombie by now: does not block
-    return os.waitstatus_to_exitcode(status)
-
-
 class Supervisor:
     """Runs this node's children.
 
@@ -220,12 +210,14 @@ class Supervisor:
         self._to_sweep: set[tuple[str, int]] = set()  # (child id, fence) of stopped instances
         self._sweep_wanted = trio.Event()
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("RINGD_")}
+        self.io = ChildIO()  # every child's output pipe and exit, in one task
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self.io.run)
                 task_status.started()
                 await self._sweep_escapees()
         finally:
@@ -458,18 +450,14 @@ class Supervisor:
         child.started_at = time.time()
         child.state = State.RUNNING
         child.exited = trio.Event()
-        self._nursery.start_soon(pump, read_fd, child.log)
-        self._nursery.start_soon(self._watch, child, pid)
+        self.io.watch(pid, read_fd, child.log, lambda status: self._exited(child, pid, status))
         self.on_change(child)
         return True
 
-    async def _watch(self, child: Child, pid: int) -> None:
-        try:
-            status = await wait_pid(pid)
-        finally:
-            # Whatever is left of its process group goes with it.
-            kill_group(pid, signal.SIGKILL)
-            child.pid = None
+    def _exited(self, child: Child, pid: int, status: int) -> None:
+        """ChildIO callback: the child's process exited and is reaped."""
+        kill_group(pid, signal.SIGKILL)  # whatever is left of its process group goes with it
+        child.pid = None
         if child.popen is not None:
             child.popen.returncode = status  # reaped by us; keep Popen from reaping it
             child.popen = None
@@ -478,7 +466,8 @@ class Supervisor:
         if child.stopping:
             return
         logger.info("child %s (pid %d): %s", child.id, pid, child.last_exit)
-        await self._handle_exit(child, status)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._handle_exit, child, status)
 
     async def _terminate_process(self, child: Child) -> None:
         """Stop the child's current instance, if any: stop signal, then SIGKILL."""

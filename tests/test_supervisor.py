@@ -340,3 +340,32 @@ def test_daemon_raises_its_open_files_limit() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     raised, soft, hard = (int(x) for x in out.stdout.split())
     assert raised == soft == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+
+
+async def test_one_task_watches_every_child_without_leaking_descriptors(h: Harness) -> None:
+    """ChildIO: output of many children reaches their logs, a chatty child does not
+    hold up the others' exits, and stopping them leaves no descriptor behind."""
+    fds_before = len(os.listdir("/proc/self/fd"))
+    chatty = h.start("chatty", ["sh", "-c", "yes chatty-line"], stop_timeout=1)
+    quiet = [
+        h.start(f"q{i}", ["sh", "-c", f"echo hello-{i}; exec sleep 600"], restart="temporary")
+        for i in range(20)
+    ]
+    for child in quiet:
+        await until(
+            lambda c=child: (
+                "hello" in h.sup.log_path(c.id).read_text()
+                if h.sup.log_path(c.id).exists()
+                else False
+            ),
+            what=f"{child.id} output",
+        )
+    assert len(h.sup.io) == 2 * 21  # a pipe and a pidfd per running child
+    for child in quiet[:5]:
+        os.kill(child.pid, signal.SIGKILL)
+    # The exits are seen while the chatty child keeps its pipe full.
+    await until(lambda: all(c.state == State.STOPPED for c in quiet[:5]), what="exits seen")
+    assert chatty.state == State.RUNNING and h.sup.log_path("chatty").stat().st_size > 0
+    await h.sup.stop_all()
+    await until(lambda: len(h.sup.io) == 0, what="every descriptor closed")
+    assert len(os.listdir("/proc/self/fd")) <= fds_before
