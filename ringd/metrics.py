@@ -1,5 +1,9 @@
-"""Prometheus metrics (prometheus_client): counted always, served only when
-``metrics_address`` is set (loopback by default).
+"""Prometheus metrics: counted always, served only when ``metrics_address`` is set.
+
+Counting is a dict update here; ``prometheus_client`` (and the HTTP server it
+brings) is imported only when the endpoint is started, and reads these counts at
+scrape time through a collector. Importing it always cost the daemon ~4 MiB of
+its ~60 MiB, for an endpoint that is off by default.
 
 Children by state and claims held are read from the daemon at scrape time, so
 nothing is counted twice and idle daemons do no work for them.
@@ -7,11 +11,9 @@ nothing is counted twice and idle daemons do no work for them.
 
 from __future__ import annotations
 
+import bisect
 import logging
-from typing import TYPE_CHECKING
-
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -20,9 +22,51 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RESTARTS = Counter("ringd_child_restarts", "Child restarts by this node's supervisor", ["group"])
+
+class Counter:
+    """A monotonic count per label values (none, for an unlabelled counter)."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> None:
+        self.name, self.doc, self.labelnames = name, doc, labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def labels(self, *values: str) -> _Labelled:
+        assert len(values) == len(self.labelnames), self.labelnames
+        return _Labelled(self, values)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._add((), amount)
+
+    def _add(self, key: tuple[str, ...], amount: float) -> None:
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+
+class _Labelled:
+    __slots__ = ("counter", "key")
+
+    def __init__(self, counter: Counter, key: tuple[str, ...]) -> None:
+        self.counter, self.key = counter, key
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.counter._add(self.key, amount)
+
+
+class Histogram:
+    """Observations counted per bucket (upper bounds), with their sum."""
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.doc, self.buckets = name, doc, buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+
+
+RESTARTS = Counter("ringd_child_restarts", "Child restarts by this node's supervisor", ("group",))
 ESCALATIONS = Counter(
-    "ringd_escalations", "Escalations past a group's intensity", ["group", "level"]
+    "ringd_escalations", "Escalations past a group's intensity", ("group", "level")
 )  # level: node (restarted here) or cluster (failed everywhere)
 LEASE_RENEWALS = Counter("ringd_lease_renewals", "Lease keepalives answered by etcd")
 LEASE_LATENCY = Histogram(
@@ -30,22 +74,44 @@ LEASE_LATENCY = Histogram(
     "Round trip of a lease keepalive",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-ETCD_ERRORS = Counter("ringd_etcd_errors", "etcd calls that failed or timed out", ["op"])
+ETCD_ERRORS = Counter("ringd_etcd_errors", "etcd calls that failed or timed out", ("op",))
 FENCES = Counter("ringd_fences", "Times this node fenced itself")
+COUNTERS = (RESTARTS, ESCALATIONS, LEASE_RENEWALS, ETCD_ERRORS, FENCES)
 
 
-class _DaemonCollector:
-    """Children by state and claims held, read at scrape time."""
+class _Collector:
+    """What a scrape reads: the counters above, and children by state and claims
+    held, from the supervisor."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        for counter in COUNTERS:
+            family = CounterMetricFamily(counter.name, counter.doc, labels=counter.labelnames)
+            if not counter.labelnames and not counter.values:
+                family.add_metric([], 0.0)
+            for key, value in sorted(dict(counter.values).items()):  # scraped from a thread
+                family.add_metric(list(key), value)
+            yield family
+        h = LEASE_LATENCY
+        cumulative, buckets = 0, []
+        for bound, count in zip([*h.buckets, float("inf")], list(h.counts), strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+        yield HistogramMetricFamily(h.name, h.doc, buckets=buckets, sum_value=h.sum)
+
         states = GaugeMetricFamily(
             "ringd_children", "Children supervised here, by state", labels=["state"]
         )
         counts: dict[str, int] = {}
-        for child in list(self.supervisor.children.values()):  # scraped from another thread
+        for child in list(self.supervisor.children.values()):
             counts[str(child.state)] = counts.get(str(child.state), 0) + 1
         for state, n in sorted(counts.items()):
             states.add_metric([state], n)
@@ -59,7 +125,9 @@ class _DaemonCollector:
 
 def serve(address: str, supervisor: Supervisor) -> None:
     """Start the HTTP endpoint (a daemon thread) at ``host:port``."""
+    from prometheus_client import REGISTRY, start_http_server
+
     host, _, port = address.rpartition(":")
-    REGISTRY.register(_DaemonCollector(supervisor))
+    REGISTRY.register(_Collector(supervisor))
     start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
     logger.info("metrics on http://%s/metrics", address)
