@@ -153,8 +153,9 @@ class Api:
         if not isinstance(raw, dict):
             raise InvalidSpec("spec", "must be an object")
         spec = parse_child(raw)
-        created, existing = await self.etcd.create(self.keys.child(spec.id), encode(spec))
-        if not created and (existing is None or existing.value != encode(spec)):
+        value = encode(spec)
+        existing = await self.etcd.create_coalesced(self.keys.child(spec.id), value)
+        if existing.value != value:  # the same spec again is fine: start-child is idempotent
             raise AlreadyExists("child", spec.id)
         if args.get("wait"):
             timeout = _timeout(args)

@@ -18,7 +18,7 @@ import math
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -45,6 +45,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(eq=False, slots=True)
+class _Create:
+    """One create waiting for a shared transaction (``Etcd.create_coalesced``)."""
+
+    key: str
+    value: bytes
+    done: trio.Event = field(default_factory=trio.Event)
+    kv: KV | None = None
+    error: EtcdUnavailable | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +180,8 @@ class Etcd:
         # their own too, so a burst of claim writes cannot delay them either.
         self._limiter = trio.CapacityLimiter(32)
         self._lease_limiter = trio.CapacityLimiter(2)
+        self._creates: list[_Create] = []  # waiting for the transaction in flight
+        self._creating = False
         for url in self.endpoints:
             if urlsplit(url).scheme == "https" and not self.tls.ca_cert:
                 raise ConfigError(f"etcd: {url} is https but etcd_ca_cert is not set")
@@ -303,6 +316,42 @@ class Etcd:
             return ok, KV(key, value_, meta.create_revision, meta.mod_revision, meta.lease_id)
 
         return await self._call("create", fn)
+
+    async def create_coalesced(self, key: str, value: bytes) -> KV:
+        """Create ``key`` if absent (no lease); returns the key as it is now, ours or
+        not. Concurrent calls share transactions: those made while one is in flight
+        go together in the next (a burst of start-child calls costs a few
+        transactions, not one each)."""
+        mine = _Create(key, value)
+        self._creates.append(mine)
+        if not self._creating:
+            self._creating = True
+            batch: list[_Create] = []
+            try:
+                while self._creates:
+                    batch = self._creates[: self.txn_ops]
+                    del self._creates[: self.txn_ops]
+                    try:
+                        kvs = await self.create_many([(c.key, c.value) for c in batch])
+                    except EtcdUnavailable as exc:
+                        kvs, error = {}, exc
+                    else:
+                        error = None
+                    for c in batch:
+                        c.kv, c.error = kvs.get(c.key), error
+                        c.done.set()
+            finally:
+                self._creating = False
+                for c in [*batch, *self._creates]:  # cancelled: nobody is left waiting
+                    if not c.done.is_set():
+                        c.error = EtcdUnavailable(self.endpoint, "create abandoned")
+                        c.done.set()
+                self._creates.clear()
+        await mine.done.wait()
+        if mine.error is not None:
+            raise mine.error
+        assert mine.kv is not None
+        return mine.kv
 
     async def create_many(
         self, items: Sequence[tuple[str, bytes]], *, lease: int | None = None

@@ -1,0 +1,68 @@
+"""Multi-key transactions of the etcd facade, against a real etcd: claims made,
+published and released many at a time, and start-child creates that share one
+transaction when they come together."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import trio
+
+from ringd.etcd import Etcd
+
+
+@pytest.fixture
+async def etcd(etcd_url: str):
+    client = Etcd([etcd_url])
+    yield client
+    client.close()
+
+
+def prefix() -> str:
+    return f"/ringd-test/batch-{secrets.token_hex(4)}/"
+
+
+async def test_create_many_creates_what_is_absent_and_reports_what_exists(etcd: Etcd) -> None:
+    p = prefix()
+    _, theirs = await etcd.create(p + "b", b"theirs")
+    kvs = await etcd.create_many([(p + "a", b"1"), (p + "b", b"2"), (p + "c", b"3")])
+    assert kvs[p + "b"] == theirs  # not overwritten, reported as it is
+    assert (kvs[p + "a"].value, kvs[p + "c"].value) == (b"1", b"3")
+    # Created together: one create revision (a fence is per key, so that is fine).
+    assert kvs[p + "a"].create_revision == kvs[p + "c"].create_revision > theirs.create_revision
+    assert (await etcd.get(p + "a")) == kvs[p + "a"]
+
+
+async def test_put_many_if_writes_only_incarnations_still_current(etcd: Etcd) -> None:
+    p = prefix()
+    kvs = await etcd.create_many([(p + k, b"old") for k in "xyz"])
+    await etcd.delete(p + "y")
+    _, y2 = await etcd.create(p + "y", b"new incarnation")
+    items = [(p + k, b"updated", kvs[p + k].create_revision) for k in "xyz"]
+    assert sorted(await etcd.put_many_if(items)) == [p + "x", p + "z"]
+    assert (await etcd.get(p + "y")).value == b"new incarnation"
+    assert (await etcd.get(p + "x")).value == b"updated"
+    await etcd.delete_many_if([(p + k, kvs[p + k].create_revision) for k in "xyz"])
+    assert await etcd.get(p + "x") is None and await etcd.get(p + "z") is None
+    assert await etcd.get(p + "y") == y2  # another incarnation: kept
+
+
+async def test_concurrent_creates_share_transactions_and_each_gets_its_answer(
+    etcd: Etcd,
+) -> None:
+    p = prefix()
+    _, taken = await etcd.create(p + "taken", b"first")
+    results: dict[str, bytes] = {}
+
+    async def create(name: str, value: bytes) -> None:
+        results[name] = (await etcd.create_coalesced(p + name, value)).value
+
+    async with trio.open_nursery() as nursery:
+        for i in range(150):  # more than one transaction's worth
+            nursery.start_soon(create, f"k{i}", f"v{i}".encode())
+        nursery.start_soon(create, "taken", b"second")
+    assert results.pop("taken") == b"first"
+    assert results == {f"k{i}": f"v{i}".encode() for i in range(150)}
+    revisions = {(await etcd.get(p + f"k{i}")).create_revision for i in range(150)}
+    assert 3 <= len(revisions) < 150, "creates made together share transactions"
