@@ -13,6 +13,7 @@ child cannot starve the others (nor the event loop: each round yields).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from .logs import RotatingLog
 
+logger = logging.getLogger(__name__)
 _READ = 65536  # bytes per pipe per round
 _EVENTS = 1024  # ready descriptors handled per round
 
@@ -88,5 +90,10 @@ class ChildIO:
         pid, on_exit = self._exits.pop(pidfd)
         self._epoll.unregister(pidfd)
         os.close(pidfd)
-        _, status = os.waitpid(pid, 0)  # a zombie by now: does not block
-        on_exit(os.waitstatus_to_exitcode(status))
+        try:
+            _, status = os.waitpid(pid, 0)  # a zombie by now: does not block
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped by someone else: the status is lost
+            logger.warning("pid %d was reaped elsewhere; its exit status is unknown", pid)
+            code = 255
+        on_exit(code)

@@ -152,11 +152,13 @@ class Reconciler:
         """Bring ``_specs`` up to date with the view, one changed spec at a time (a
         burst of start-child calls must not cost a pass over every spec each)."""
         names, self._spec_cursor = self.view.changes("children", self._spec_cursor)
+        cache = self._cache.setdefault("children", {})
         if names is None:  # first time, or the view re-listed
             self._specs, self._to_place = {}, set()
             self._placed_for = None
             names = list(self.view.by_kind("children"))  # in start order
-        cache = self._cache.setdefault("children", {})
+            for gone in cache.keys() - set(names):
+                del cache[gone]
         for name in dict.fromkeys(names):
             kv = self.view.get("children", name)
             self._to_place.add(name)
