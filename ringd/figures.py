@@ -1,4 +1,4 @@
-"""Per-child figures (RSS, CPU) from psutil: measured on demand for this node's
+"""Per-child figures (RSS, CPU) from /proc: measured on demand for this node's
 children, and published every ``figures_interval`` under ``nodes/<n>/figures``
 (on the node's lease) so that ``which-children`` anywhere can show them.
 """
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
-import psutil
 import trio
 
 from .errors import EtcdUnavailable
@@ -24,12 +24,32 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def read_proc(pid: int) -> tuple[float, int]:
+    """(CPU seconds, user + system; RSS in bytes) of a process, from /proc.
+
+    Two small reads instead of psutil's Process (~100 us per pid against ~30 here):
+    the periodic publication reads every child, and with 1,000 children psutil
+    alone cost a third of the daemon's idle CPU budget. The figures are the same
+    ones psutil reports (``cpu_times`` user + system, ``memory_info().rss``).
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    with open(f"/proc/{pid}/statm", "rb") as f:
+        statm = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / _TICKS, int(statm.split()[1]) * _PAGE
+
+
 class Figures:
     """RSS in bytes and CPU in % of one core (since the previous look) per pid.
 
-    Keeps one small tuple per pid, not a ``psutil.Process`` (~0.75 KiB each, with
-    1,000 children), and answers from a reading less than ``fresh`` seconds old,
-    so that a crowd of ``which-children`` calls reads each child's /proc once.
+    Keeps one small tuple per pid, and answers from a reading less than ``fresh``
+    seconds old, so that a crowd of ``which-children`` calls reads each child's
+    /proc once.
     """
 
     def __init__(self, fresh: float = 1.0) -> None:
@@ -45,11 +65,8 @@ class Figures:
         if last is not None and now - last[1] < self.fresh:
             return last[2], last[3]
         try:
-            proc = psutil.Process(pid)
-            with proc.oneshot():
-                cpu = sum(proc.cpu_times()[:2])
-                rss = proc.memory_info().rss
-        except psutil.Error:
+            cpu, rss = read_proc(pid)
+        except (OSError, ValueError, IndexError):  # gone (or a zombie's empty statm)
             self._last.pop(pid, None)
             return None
         percent = 0.0
@@ -73,19 +90,22 @@ class Figures:
         interval: float,
     ) -> None:
         """Put this node's figures in etcd every ``interval`` seconds (while it has children)."""
-        published_empty = False
+        published: tuple[int | None, dict[str, Any] | None] = (None, None)  # lease, figures
         while True:
             await trio.sleep(interval)
             lease = membership.lease_id
-            if lease is None or (published_empty and not supervisor.children):
+            if lease is None:
                 continue
             figures: dict[str, Any] = {}
             for key, child in list(supervisor.children.items()):
                 if (measured := self.of(child.pid)) is not None:
-                    figures[key] = [measured[0], round(measured[1], 2)]
+                    # Rounded (64 KiB, 0.1 %), so that idle children make no change.
+                    figures[key] = [measured[0] >> 16 << 16, round(measured[1], 1)]
             self.forget_others({c.pid for c in supervisor.children.values() if c.pid})
+            if published == (lease, figures):
+                continue  # the same again: no write, and no watch event on every node
             try:
                 await etcd.put(keys.figures(node), json.dumps(figures).encode(), lease=lease)
-                published_empty = not figures
+                published = (lease, figures)
             except EtcdUnavailable as exc:
                 logger.debug("cannot publish figures: %s", exc)

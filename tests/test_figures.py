@@ -1,5 +1,6 @@
-"""Per-child figures from psutil, on real processes: RSS, CPU since the previous
-reading, and the short cache that keeps a crowd of callers off /proc."""
+"""Per-child figures from /proc, on real processes, checked against psutil: RSS,
+CPU since the previous reading, and the short cache that keeps a crowd of
+callers off /proc."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from ringd.figures import Figures
+from ringd.figures import Figures, read_proc
 
 
 @pytest.fixture
@@ -53,3 +54,12 @@ def test_gone_or_absent_processes_have_no_figures(busy: subprocess.Popen[bytes])
     assert figures.of(busy.pid) is None
     figures.forget_others(set())
     assert not figures._last
+
+
+def test_proc_figures_are_psutils(busy: subprocess.Popen[bytes]) -> None:
+    process = psutil.Process(busy.pid)
+    with process.oneshot():
+        cpu, rss = sum(process.cpu_times()[:2]), process.memory_info().rss
+    mine_cpu, mine_rss = read_proc(busy.pid)
+    assert abs(mine_rss - rss) <= 256 * 1024  # it runs: its RSS moves between the reads
+    assert cpu - 0.05 <= mine_cpu <= cpu + 0.5  # it spins: CPU grows between the reads
