@@ -953,10 +953,12 @@ def render(
     reads: list[tuple[str, str, dict[str, Any]]],
 ) -> str:
     n = start["n"]
-    shown_args = [a for a in args.argv if not a.startswith("--keep-logs")]
-    if "--keep-logs" in shown_args:  # "--keep-logs DIR" does not change the figures
-        i = shown_args.index("--keep-logs")
-        del shown_args[i : i + 2]
+    # "--keep-logs DIR" (or "--keep-logs=DIR") does not change the figures.
+    shown_args = [
+        a
+        for i, a in enumerate(args.argv)
+        if not a.startswith("--keep-logs") and (i == 0 or args.argv[i - 1] != "--keep-logs")
+    ]
     command = " ".join([".venv/bin/python -m bench.load", *shown_args])
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     nodes = " / ".join(f"{k} {v}" for k, v in start["nodes"].items())
