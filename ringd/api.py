@@ -216,7 +216,7 @@ class Api:
         rows = await self.listing.with_figures(entry.rows)
         return {
             **rows[0],
-            "argv": entry.spec.get("argv"),
+            "argv": entry.argv,
             "replicas": len(rows),
             "degraded": any(r["state"] == "degraded" for r in rows),
             "instances": rows,

@@ -42,7 +42,7 @@ class Entry:
     """One child's rows (the master's first) and what they were built from."""
 
     spec_kv: KV
-    spec: dict[str, Any]  # as stored (an invalid spec still lists)
+    argv: Any  # as stored (an invalid spec still lists); the rest of the spec is in rows
     placed: list[Instance] | None
     claims: tuple[KV | None, ...]  # per replica
     context: object  # the placement inputs when a row is pending (its reason), else None
@@ -169,7 +169,7 @@ class Listing:
                 context = self._inputs()
                 self._why_not_running(row, child_id, replica, len(owners))
             rows.append(row)
-        return Entry(spec_kv, spec, placement, claims, context, rows)
+        return Entry(spec_kv, spec.get("argv"), placement, claims, context, rows)
 
     def _why_not_running(self, row: Row, child_id: str, replica: int, placed: int) -> None:
         specs = self.reconciler.specs()
