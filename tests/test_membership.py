@@ -107,10 +107,15 @@ def test_watch_streams_node_and_child_events_in_order(cluster: Cluster) -> None:
         "start_child",
         spec={"id": "w", "argv": ["sleep", "600"], "env": {"TEST_CLUSTER": cluster.name}},
     )
+    # w's own event: the sentinel moving to b also sends one, and b could then stop
+    # before w is even claimed.
     wait_until(
-        lambda: any(e.get("kind") == "child" and e.get("state") == "running" for e in events),
+        lambda: any(
+            e.get("kind") == "child" and e.get("id") == "w" and e.get("state") == "running"
+            for e in events
+        ),
         10,
-        "child running event",
+        "w running event",
     )
     assert b.stop() == 0
     thread.join(15)
