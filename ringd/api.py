@@ -18,19 +18,20 @@ import trio
 from . import __version__
 from .errors import AlreadyExists, InvalidSpec, NotFound, Refused, TimedOut
 from .hooks import child_update, node_update
+from .listing import Listing
 from .logs import tail
 from .membership import decode
-from .placement import instance_key
 from .spec import NAME_PATTERN, GroupRecord, encode, parse_child, parse_group, signal_number
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Callable
 
     from .config import Config
     from .etcd import Etcd
     from .figures import Figures
     from .keys import Keys
     from .membership import Membership
+    from .protocol import Encoded
     from .reconciler import Reconciler
     from .supervisor import Supervisor
     from .view import ClusterView
@@ -78,6 +79,9 @@ class Api:
         self.reconciler = reconciler
         self.started = time.time()
         self.figures = figures
+        self.listing = Listing(
+            node=config.name, view=view, reconciler=reconciler, figures=figures, fresh=figures.fresh
+        )
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {
@@ -136,7 +140,7 @@ class Api:
             "lease_ttl": self.membership.ttl,
             "fenced": self.membership.fenced,
             "nodes_online": sorted(alive),
-            "children_total": len(self.view.by_kind("children")),
+            "children_total": self.view.count("children"),
             "children_local": states,
             "revision": self.view.revision,
             "moves_pending": self.reconciler.moves_pending,
@@ -163,7 +167,7 @@ class Api:
                 lambda: self._running(spec.id), timeout, f"child {spec.id} running"
             )
         # The view may not hold the new spec yet; etcd just answered with it.
-        return self._found(spec.id, self.view.get("children", spec.id) or existing)
+        return await self._found(spec.id, self.view.get("children", spec.id) or existing)
 
     def _running(self, child_id: str) -> bool:
         claim = decode(self.view.get("claims", child_id))
@@ -182,63 +186,6 @@ class Api:
             )
         return {"id": child_id, "deleted": True}
 
-    def _rows(
-        self,
-        child_id: str,
-        spec_kv: Any,
-        placed: Mapping[str, list[Any]],
-        claims: Mapping[str, Any],
-    ) -> list[dict[str, Any]]:
-        """One row per instance of a child (the master's first), from the claims."""
-        spec = decode(spec_kv)
-        owners = [i.node for i in placed.get(child_id, [])]
-        replicas = spec.get("replicas", 1) if isinstance(spec.get("replicas"), int) else 1
-        rows = []
-        for replica in range(replicas):
-            key = instance_key(child_id, replica)
-            claim_kv = claims.get(key)
-            claim = decode(claim_kv)
-            row = {
-                "id": child_id,
-                "instance": key,
-                "replica": replica,
-                "role": "master" if replica == 0 else "replica",
-                "group": spec.get("group"),
-                "restart": spec.get("restart", "permanent"),
-                "owner": owners[replica] if replica < len(owners) else None,
-                "node": claim.get("node"),
-                "pid": claim.get("pid"),
-                "state": claim.get("state", "pending") if claim_kv is not None else "pending",
-                "restarts": claim.get("restarts", 0),
-                "started": claim.get("started"),
-                "reason": claim.get("reason", ""),
-                "fence": claim_kv.create_revision if claim_kv is not None else None,
-                "rss": None,
-                "cpu": None,
-            }
-            if claim_kv is None:
-                self._why_not_running(row, child_id, replica, len(owners))
-            rows.append(row)
-        return rows
-
-    def _why_not_running(
-        self, row: dict[str, Any], child_id: str, replica: int, placed: int
-    ) -> None:
-        specs = self.reconciler.specs()
-        if child_id not in specs:
-            row["state"], row["reason"] = (
-                "invalid",
-                "the spec in etcd is not valid (see the daemon log)",
-            )
-            return
-        reason = self.reconciler.why_pending(specs[child_id])
-        if reason.startswith("group") and "failed" in reason:
-            row["state"] = "failed"
-        elif placed and replica >= placed:
-            row["state"] = "degraded"
-            reason = f"only {placed} eligible node(s) for {specs[child_id].replicas} replicas"
-        row["reason"] = reason
-
     def _local(self, child_id: str) -> Any:
         """The local child, or an error naming the node where it runs."""
         child = self.supervisor.children.get(child_id)
@@ -254,22 +201,6 @@ class Api:
             )
         raise Refused(f"child {child_id} is not running on any node")
 
-    def _figures(self, rows: list[dict[str, Any]]) -> None:
-        """RSS and CPU per instance: measured now for this node's children, else the
-        figures their node last published (every ``figures_interval``)."""
-        published: dict[str, dict[str, Any]] = {}  # decoded once per node, when needed
-        for row in rows:
-            if row["node"] == self.config.name:
-                measured = self.figures.of(row.get("pid"))
-            elif row["node"] is None:
-                measured = None
-            else:
-                if row["node"] not in published:
-                    published[row["node"]] = decode(self.view.get("nodes", row["node"], "figures"))
-                measured = published[row["node"]].get(row["instance"])
-            if measured:
-                row["rss"], row["cpu"] = measured
-
     async def find(self, args: dict[str, Any]) -> dict[str, Any]:
         """The master's row, plus every instance with its node, pid and role."""
         child_id = _name(args)
@@ -279,42 +210,51 @@ class Api:
             spec_kv = await self.etcd.get(self.keys.child(child_id))
             if spec_kv is None:
                 raise NotFound("child", child_id)
-        return self._found(child_id, spec_kv)
+        return await self._found(child_id, spec_kv)
 
-    def _found(self, child_id: str, spec_kv: Any) -> dict[str, Any]:
-        rows = self._rows(child_id, spec_kv, self.reconciler.place(), self.view.live("claims"))
-        self._figures(rows)
+    async def _found(self, child_id: str, spec_kv: Any) -> dict[str, Any]:
+        entry = self.listing.child(child_id, spec_kv)
+        rows = await self.listing.with_figures(entry.rows)
         return {
             **rows[0],
-            "argv": decode(spec_kv).get("argv"),
+            "argv": entry.argv,
             "replicas": len(rows),
             "degraded": any(r["state"] == "degraded" for r in rows),
             "instances": rows,
         }
 
-    async def which_children(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    async def which_children(self, args: dict[str, Any]) -> list[dict[str, Any]] | Encoded:
         node = args.get("node")
         group = args.get("group")
-        if args.get("local"):
+        local = bool(args.get("local"))
+        if local:
             node = self.config.name
-        placed = self.reconciler.place()
-        claims = self.view.by_kind("claims")  # one copy per request, not per row
-        rows = [
-            row
-            for child_id, kv in sorted(self.view.by_kind("children").items())
-            for row in self._rows(child_id, kv, placed, claims)
-        ]
-        if args.get("local"):
-            # This node's own view of its children is fresher than what it published.
-            for row in rows:
-                if (child := self.supervisor.children.get(row["instance"])) is not None:
-                    row.update(child.info(), node=self.config.name)
-        if node is not None:
-            rows = [r for r in rows if r["node"] == node]
-        if group is not None:
-            rows = [r for r in rows if r["group"] == group]
-        self._figures(rows)
-        return rows
+
+        async def rows() -> list[dict[str, Any]]:
+            rows = await self.listing.everything()
+            if local:
+                # This node's own view of its children is fresher than what it published.
+                rows = [
+                    {**row, **child.info(), "node": self.config.name}
+                    if (child := self.supervisor.children.get(row["instance"])) is not None
+                    else row
+                    for row in rows
+                ]
+            if node is not None:
+                rows = [r for r in rows if r["node"] == node]
+            if group is not None:
+                rows = [r for r in rows if r["group"] == group]
+            return await self.listing.with_figures(rows)
+
+        if local:
+            return await rows()  # the supervisor's state is not in the view's version
+        # Unhashable filters (a list from a script) are compared, not cached.
+        key = ("which_children", node, group)
+        try:
+            hash(key)
+        except TypeError:
+            return await rows()
+        return await self.listing.reply(key, rows)
 
     async def nodes(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         alive = self.view.by_kind("nodes", "alive")

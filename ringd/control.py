@@ -162,10 +162,10 @@ class ControlServer:
                     raise ProtocolError(f"unknown op {op!r}")
                 # A few at a time: a crowd of heavy requests (which-children of
                 # thousands) must not hold the event loop so long that this node's
-                # keepalives miss their deadline and it fences itself.
+                # keepalives miss their deadline and it fences itself. Encoding the
+                # reply is part of the work.
                 async with self._busy:
-                    result = await handler(args)
-                reply = protocol.ok(request_id, result)
+                    reply = protocol.ok(request_id, await handler(args))
             except RingdError as exc:
                 reply = protocol.error(request_id, exc.code, str(exc))
             except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -259,14 +259,20 @@ class Membership:
 
     async def _keepalive_loop(self) -> None:
         interval = min(self.ttl / 4, (self.ttl - self.config.fence_margin) / 3)
+        due = trio.current_time() + interval
         while True:
-            await trio.sleep(interval)
+            # Each keepalive is due `interval` after the previous one was sent, not
+            # after its reply was handled: a busy event loop (late replies) must not
+            # also push the next keepalive back, or two late turns add up to a fence.
+            await trio.sleep_until(due)
+            due = trio.current_time() + interval
             if self.lease_id is None and self.leaving:
                 return  # the lease is revoked: nothing left to keep alive
             if self.fenced:
                 if self.leaving:
                     return  # no point in registering again on the way out
                 await self._recover()
+                due = trio.current_time() + interval
                 continue
             sent = time.monotonic()
             try:

@@ -40,11 +40,27 @@ def default_socket_path() -> str:
     return os.path.join(state, "ringd", "ringd.sock")
 
 
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return dumps(message) + b"\n"
+
+
+class Encoded:
+    """A result already encoded (``dumps``): the daemon sends one it built for a
+    crowd of identical requests as is, instead of encoding it per request."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, json: bytes) -> None:
+        self.json = json
 
 
 def ok(request_id: Any, result: Any) -> bytes:
+    if isinstance(result, Encoded):  # the same bytes as encode() would give
+        return b'{"id":' + dumps(request_id) + b',"ok":true,"result":' + result.json + b"}\n"
     return encode({"id": request_id, "ok": True, "result": result})
 
 

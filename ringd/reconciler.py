@@ -79,6 +79,7 @@ class Reconciler:
         self.placer = Placer()
         self._placed_for: tuple[frozenset[Any], frozenset[Any]] | None = None
         self._placed: dict[str, list[Instance]] = {}  # spec id -> instances, start order
+        self._placed_version = -1  # the view version _placed was computed at
         self._specs: dict[str, ChildSpec] = {}  # valid specs, start order
         self._node_infos: dict[str, tuple[int, NodeInfo]] = {}  # decoded once per revision
         self._to_place: set[str] = set()  # specs changed since the last place()
@@ -199,8 +200,13 @@ class Reconciler:
         start order.
 
         Kept from pass to pass: only specs that changed are placed again, and all of
-        them when the nodes or the groups change.
+        them when the nodes or the groups change. A spec's list is replaced, never
+        changed, when it is placed again (``Listing`` compares them by identity).
         """
+        if self._placed_version == self.view.version:
+            # Nothing changed in the view: the same answer (every find asks).
+            return MappingProxyType(self._placed)
+        version = self.view.version
         self._sync_specs()
         with_kv = self.groups()
         groups = {name: record for name, (record, _) in with_kv.items()}
@@ -226,7 +232,14 @@ class Reconciler:
                 Instance(spec, r, node)
                 for r, node in enumerate(self.placer.owners(spec, nodes, group))
             ]
+        self._placed_version = version
         return MappingProxyType(self._placed)
+
+    @property
+    def placement_inputs(self) -> object:
+        """The nodes and groups of the last ``place()``: a new object when they
+        change (what ``why_pending`` says depends on nothing else but the spec)."""
+        return self._placed_for
 
     def desired(self) -> dict[str, Instance]:
         """The instances this node should run, by instance key, in start order."""
@@ -237,13 +250,20 @@ class Reconciler:
             if instance.node == self.node
         }
 
-    def why_pending(self, spec: ChildSpec) -> str:
-        groups = self.groups()
+    def why_pending(
+        self,
+        spec: ChildSpec,
+        groups: dict[str, tuple[GroupRecord, KV]] | None = None,
+        nodes: dict[str, NodeInfo] | None = None,
+    ) -> str:
+        """Why a child has no claim; ``groups`` and ``nodes`` (from ``groups()`` and
+        ``nodes()``) may be passed by a caller asking for many children."""
+        groups = self.groups() if groups is None else groups
         if blocked := self.blocked(spec, groups):
             return blocked
         record = groups.get(spec.group)[0] if spec.group and spec.group in groups else None
         return (
-            self.placer.why_unplaced(spec, self.nodes(), record)
+            self.placer.why_unplaced(spec, self.nodes() if nodes is None else nodes, record)
             or "waiting for its node to claim it"
         )
 

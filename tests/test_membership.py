@@ -6,11 +6,18 @@ from __future__ import annotations
 import json
 import stat
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import pytest
+import trio
 
+from ringd.config import Config
+from ringd.etcd import Etcd
+from ringd.keys import Keys
+from ringd.membership import Membership
 from ringd.protocol import Client, RemoteError
+from ringd.view import ClusterView
 
 from .helpers import alive, wait_until
 
@@ -100,10 +107,15 @@ def test_watch_streams_node_and_child_events_in_order(cluster: Cluster) -> None:
         "start_child",
         spec={"id": "w", "argv": ["sleep", "600"], "env": {"TEST_CLUSTER": cluster.name}},
     )
+    # w's own event: the sentinel moving to b also sends one, and b could then stop
+    # before w is even claimed.
     wait_until(
-        lambda: any(e.get("kind") == "child" and e.get("state") == "running" for e in events),
+        lambda: any(
+            e.get("kind") == "child" and e.get("id") == "w" and e.get("state") == "running"
+            for e in events
+        ),
         10,
-        "child running event",
+        "w running event",
     )
     assert b.stop() == 0
     thread.join(15)
@@ -178,3 +190,42 @@ def test_status_row_json_is_what_nodes_shows(cluster: Cluster) -> None:
     (row,) = a.call("nodes")
     assert row["status"] == "online" and row["reason"] == "joined" and row["alive"]
     json.dumps(row)
+
+
+class LateKeepalives(Etcd):
+    """Every keepalive reply is handled 0.75 s late, as on an event loop kept busy."""
+
+    async def keepalive(self, lease_id: int) -> int:
+        remaining = await super().keepalive(lease_id)
+        await trio.sleep(0.75)
+        return remaining
+
+
+async def test_late_keepalive_replies_do_not_add_up_to_a_fence(etcd_url: str) -> None:
+    """TTL 3 s, margin 1 s: each reply extends the fence deadline to 2 s after its
+    keepalive was sent, and keepalives are due every 0.67 s. Were the next one due
+    0.67 s after the late reply was handled, two late turns (0.75 + 0.67 + 0.75 s)
+    would pass the deadline and fence a healthy node."""
+    etcd = LateKeepalives([etcd_url])
+    keys = Keys("/ringd-test/late-keepalives/")
+    membership = Membership(
+        config=Config(name="n1", lease_ttl=3.0, fence_margin=1.0),
+        etcd=etcd,
+        keys=keys,
+        view=ClusterView(etcd, keys),
+        instance="late",
+    )
+    lease, ttl = await etcd.grant(3)
+    try:
+        membership.lease_id, membership.ttl = lease, float(ttl)
+        membership._extend(time.monotonic(), membership.ttl)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(membership._keepalive_loop)
+            nursery.start_soon(membership._fence_timer)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+        assert not membership.fenced
+        assert await Etcd.keepalive(etcd, lease) > 0
+    finally:
+        await etcd.revoke(lease)
+        etcd.close()
