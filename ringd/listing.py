@@ -174,10 +174,14 @@ class Listing:
     def _why_not_running(self, row: Row, child_id: str, replica: int, placed: int) -> None:
         specs = self.reconciler.specs()
         if child_id not in specs:
-            row["state"], row["reason"] = (
-                "invalid",
-                "the spec in etcd is not valid (see the daemon log)",
-            )
+            if self.view.get("children", child_id) is None:
+                # Just created (start-child answers before its watch event arrives).
+                row["reason"] = "just created: not placed yet"
+            else:
+                row["state"], row["reason"] = (
+                    "invalid",
+                    "the spec in etcd is not valid (see the daemon log)",
+                )
             return
         # Groups and nodes once per change of them, not per pending row (after a
         # failover or before the first node is up, every row is pending).

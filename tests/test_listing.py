@@ -190,3 +190,14 @@ def test_a_crowd_of_readers_gets_right_answers_and_the_lease_holds(cluster: Clus
     status = node.call("status")
     assert not status["fenced"] and status["lease"] == lease
     assert {r["id"]: r["pid"] for r in node.call("which_children")} == pids
+
+
+def test_start_child_answers_pending_not_invalid_before_the_view_has_the_spec(
+    cluster: Cluster,
+) -> None:
+    """start-child answers as soon as etcd has the spec, often before the daemon's
+    own watch delivers it: the reply must say pending, never "invalid"."""
+    node = cluster.daemon("n1")
+    replies = [node.call("start_child", spec=sleeper(cluster, f"fresh{i}")) for i in range(40)]
+    assert {r["state"] for r in replies} <= {"pending", "starting", "running"}, replies
+    assert all(r["reason"] != "the spec in etcd is not valid (see the daemon log)" for r in replies)
