@@ -13,6 +13,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -47,6 +48,16 @@ def machine() -> str:
     )
 
 
+def nest(text: str) -> str:
+    """Headings of a benchmark's output moved under this run's "### name" one (its
+    top level becomes ####; Markdown has no level past 6)."""
+    levels = [len(m) for m in re.findall(r"^(#+) ", text, flags=re.M)]
+    if not levels:
+        return text
+    shift = 4 - min(levels)
+    return re.sub(r"^(#+) ", lambda m: "#" * min(len(m[1]) + shift, 6) + " ", text, flags=re.M)
+
+
 def run(name: str, module: str, args: list[str]) -> str:
     if not (ROOT / (module.replace(".", "/") + ".py")).exists():
         return f"### {name}\n\n(not run: `{module}` is not in this checkout)\n"
@@ -59,7 +70,7 @@ def run(name: str, module: str, args: list[str]) -> str:
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr[-4000:])
     status = "" if result.returncode == 0 else f" — **exited {result.returncode}**"
-    body = result.stdout.strip() or "(no output)"
+    body = nest(result.stdout.strip()) or "(no output)"
     return f"### {name}\n\n`{shown}` ({took:.0f} s){status}\n\n{body}\n"
 
 

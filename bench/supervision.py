@@ -1079,7 +1079,7 @@ def write_benchmarks(section: str) -> Path:
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     pattern = re.compile(r"^## Supervision\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text.rstrip("\n") + "\n")
