@@ -78,10 +78,15 @@ async def test_a_watch_that_ends_while_events_still_arrive_does_not_crash_trio(
         seen += 1
 
     try:
-        for _ in range(20):
-            revision, _ = await etcd.list(prefix)
-            with trio.move_on_after(0.02):
-                await etcd.watch(prefix, revision + 1, on_events)
+        windows = 0
+        # 20 short watches at least, and more until events came in (on a loaded
+        # machine opening a watch can take longer than one window).
+        with trio.move_on_after(20):
+            while windows < 20 or not seen:
+                revision, _ = await etcd.list(prefix)
+                with trio.move_on_after(0.02 if windows < 20 else 0.2):
+                    await etcd.watch(prefix, revision + 1, on_events)
+                windows += 1
         await trio.sleep(0.3)  # the late callbacks run now
     finally:
         stop.set()
