@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from ringd import __version__
 from ringd.protocol import Client, RemoteError, Unreachable, default_socket_path
+
+from .live import LiveTable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -955,9 +958,14 @@ def describe_event(event: dict[str, Any]) -> str:
 def watch(client: Client, what: str) -> None:
     """Stream changes as they happen: node_update events, children, or all.
 
-    One JSON object per line with --json; a timestamped line per change otherwise.
+    On a terminal, a live table of every node and child, updated in place; one
+    JSON object per line with --json; a timestamped line per change when the
+    output is not a terminal (a pipe, a file).
     """
     as_json = click.get_current_context().meta.get(JSON_KEY)
+    if not as_json and console.is_terminal:
+        live_watch(client, what)
+        return
 
     def show(event: dict[str, Any]) -> None:
         if as_json:
@@ -967,6 +975,23 @@ def watch(client: Client, what: str) -> None:
             console.print(escape(line), highlight=False, soft_wrap=True)
 
     stream_events(client, show, "watch", what=what)
+
+
+def live_watch(client: Client, what: str) -> None:
+    """The live table: the state now (nodes, which-children), then every change."""
+    table = LiveTable(what)
+    with daemon_errors(client):
+        table.seed(
+            client.call("nodes") if what in ("nodes", "all") else [],
+            client.call("which_children") if what in ("children", "all") else [],
+        )
+    with Live(table.render(), console=console, auto_refresh=False) as live:
+
+        def show(event: dict[str, Any]) -> None:
+            table.apply(event or {})
+            live.update(table.render(), refresh=True)
+
+        stream_events(client, show, "watch", what=what)
 
 
 def main() -> None:
