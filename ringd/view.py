@@ -113,7 +113,7 @@ class ClusterView:
     def _log_change(self, bucket: tuple[str, str], name: str) -> None:
         log = self._log.setdefault(bucket, [])
         log.append(name)
-        if len(log) > 100_000:  # long-lived watch: make consumers start over, bounded
+        if len(log) > 10_000:  # bounded: a reader this far behind starts over (cheap)
             self._new_epoch()
 
     def _new_epoch(self) -> None:
