@@ -4,8 +4,9 @@ Faults, one after another, each undone before the next: SIGKILL of a daemon (and
 its restart), SIGSTOP/SIGCONT of a daemon, a partition of one daemon from etcd
 (its fault proxy stalls), an etcd restart, and spec churn (children started and
 deleted). A sampler process looks at every live child process every 50 ms (by
-the cluster marker in its environment): no child id may be alive twice at any
-instant. After every fault the cluster must converge back to every spec running
+the cluster marker in its environment) and at every claim: no child id may be
+alive twice at any instant, nor alive on a node while another node holds its
+claim. After every fault the cluster must converge back to every spec running
 exactly once; after the last one within TTL + 5 s; and no spec may be lost.
 
 The default suite runs 60 s of faults; ``pytest -m slow -k chaos --chaos-duration
@@ -134,7 +135,7 @@ def run_chaos(cluster: Cluster, short_tmp: Path, duration: float) -> None:
         for name in NODES:
             proxy = chaos.proxies[name] = FaultProxy(chaos.etcd.url).__enter__()
             cluster.daemon(name, ttl=TTL, etcd=proxy.url)
-        with Timeline(cluster.name, interval=0.05) as timeline:
+        with Timeline(cluster.name, interval=0.05, etcd_url=chaos.etcd.url) as timeline:
             chaos.start_children(200)
             wait_until(
                 lambda: each_once(timeline, chaos.ids), 60, "200 children once each", interval=0.2
@@ -162,9 +163,11 @@ def run_chaos(cluster: Cluster, short_tmp: Path, duration: float) -> None:
             f"{kind:<14} {chaos.counts[kind]:>5} {statistics.median(times):>14.2f} / {max(times):.2f}"
         )
     print(
-        f"samples {timeline.samples}, violations {len(timeline.violations)}, final convergence {final:.2f} s"
+        f"samples {timeline.samples} ({timeline.claims_checked} also checked against the"
+        f" claims), violations {len(timeline.violations)}, final convergence {final:.2f} s"
     )
     assert timeline.samples > duration * 5, "the sampler kept up"
+    assert timeline.claims_checked > timeline.samples / 2, "the claims were read"
     assert timeline.violations == [], timeline.violations[:5]
 
 

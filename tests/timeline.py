@@ -108,15 +108,72 @@ def scan(cluster_name: str, root: int, also: Iterable[int] = ()) -> dict[int, tu
     return found
 
 
-def sample(cluster_name: str, root: int, interval: float, stop: threading.Event) -> dict[str, Any]:
-    """Scan every ``interval`` until ``stop``; returns what was seen (JSON-able)."""
+def read_claims(client: Any, prefix: str) -> dict[str, tuple[str, int]] | None:
+    """Every claim of the cluster: child id -> (node, create revision); None when
+    etcd does not answer (it is being restarted, or partitioned)."""
+    try:
+        found = {}
+        for value, meta in client.get_prefix(prefix, serializable=True):
+            key = meta.key.decode().removeprefix(prefix)
+            if "/" not in key:  # masters only: processes carry the child id
+                found[key] = (json.loads(value).get("node", "?"), meta.create_revision)
+        return found
+    except Exception:  # any etcd or decoding failure: no claims this time
+        return None
+
+
+def claim_violations(
+    when: float,
+    before: dict[str, tuple[str, int]],
+    after: dict[str, tuple[str, int]],
+    live: dict[int, tuple[str, str]],
+) -> list[tuple[float, str, list[tuple[int, str]]]]:
+    """Children seen running (``live``: pid -> (id, node)) while another node held
+    the same incarnation of their claim in the reads ``before`` and ``after`` it."""
+    found = []
+    for pid, (child_id, node) in live.items():
+        held = before.get(child_id)
+        if held is not None and held[0] != node and after.get(child_id) == held:
+            found.append((when, child_id, [(pid, node), (0, f"claim of {held[0]}")]))
+    return found
+
+
+def sample(
+    cluster_name: str,
+    root: int,
+    interval: float,
+    stop: threading.Event,
+    etcd_url: str | None = None,
+) -> dict[str, Any]:
+    """Scan every ``interval`` until ``stop``; returns what was seen (JSON-able).
+
+    With ``etcd_url``, the cluster's claims are read before each scan too: a child
+    seen running on node X while the same incarnation of its claim (same create
+    revision) was held by another node Y in the reads before and after that scan
+    ran without its claim, which the at-most-once rule forbids.
+    """
     seen: dict[int, list[Any]] = {}  # pid -> [id, node, first, last, last_index]
     scans: list[tuple[float, float]] = []
     violations: list[tuple[float, str, list[tuple[int, str]]]] = []
+    client = None
+    if etcd_url:
+        import etcd3
+
+        host, port = etcd_url.removeprefix("http://").split(":")
+        client = etcd3.client(host=host, port=int(port), timeout=1)
+    prefix = f"/ringd/{cluster_name}/claims/"
+    claims_checked = 0
+    pending: tuple[float, dict[str, tuple[str, int]] | None, dict[int, tuple[str, str]]] | None
+    pending = None  # the previous scan, waiting for the claims read after it
     while not stop.is_set() and os.getppid() == root:  # ends with the test process too
+        claims = read_claims(client, prefix) if client is not None else None
+        if pending is not None and pending[1] is not None and claims is not None:
+            claims_checked += 1
+            violations += claim_violations(pending[0], pending[1], claims, pending[2])
         begin = time.monotonic()
         live = scan(cluster_name, root, seen)
         end = time.monotonic()
+        pending = (begin, claims, live)
         index = len(scans)
         scans.append((begin, end))
         by_id: dict[str, list[tuple[int, str]]] = {}
@@ -131,7 +188,14 @@ def sample(cluster_name: str, root: int, interval: float, stop: threading.Event)
             if len(instances) > 1:
                 violations.append((begin, child_id, instances))
         stop.wait(interval)
-    return {"seen": seen, "scans": scans, "violations": violations}
+    if client is not None:
+        client.close()
+    return {
+        "seen": seen,
+        "scans": scans,
+        "violations": violations,
+        "claims_checked": claims_checked,
+    }
 
 
 class Timeline:
@@ -141,9 +205,13 @@ class Timeline:
     three times less often.
     """
 
-    def __init__(self, cluster_name: str, *, interval: float = 0.01) -> None:
+    def __init__(
+        self, cluster_name: str, *, interval: float = 0.01, etcd_url: str | None = None
+    ) -> None:
         self.cluster_name = cluster_name
         self.interval = interval
+        self.etcd_url = etcd_url  # also check each scan against the claims (see sample)
+        self.claims_checked = 0
         self.seen: dict[int, Seen] = {}
         self.scans: list[tuple[float, float]] = []
         self.violations: list[tuple[float, str, list[tuple[int, str]]]] = []
@@ -164,7 +232,7 @@ class Timeline:
     def start(self) -> Timeline:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "tests.timeline", self.cluster_name, str(os.getpid()),
-             str(self.interval), str(self._out)],
+             str(self.interval), str(self._out), self.etcd_url or ""],
             cwd=Path(__file__).parent.parent,
         )  # fmt: skip
         # Started when its first scan is done (the file appears empty, then filled).
@@ -191,6 +259,7 @@ class Timeline:
         self.scans = [tuple(s) for s in data["scans"]]
         self.seen = {int(pid): Seen(*s) for pid, s in data["seen"].items()}
         self.violations = [(t, i, [tuple(x) for x in inst]) for t, i, inst in data["violations"]]
+        self.claims_checked = data.get("claims_checked", 0)
 
     def __enter__(self) -> Timeline:
         return self.start()
@@ -260,14 +329,16 @@ def handovers(all_lives: dict[str, list[Life]], *, killed_only: bool = False) ->
 
 
 def main(argv: list[str]) -> int:
-    """``python -m tests.timeline CLUSTER ROOT_PID INTERVAL OUT``: sample until SIGTERM."""
+    """``python -m tests.timeline CLUSTER ROOT_PID INTERVAL OUT [ETCD_URL]``: sample
+    until SIGTERM."""
     cluster_name, root, interval, out = argv[1], int(argv[2]), float(argv[3]), Path(argv[4])
+    etcd_url = argv[5] if len(argv) > 5 and argv[5] else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     scan(cluster_name, root)
     out.write_text("{}")  # started
-    data = sample(cluster_name, root, interval, stop)
+    data = sample(cluster_name, root, interval, stop, etcd_url)
     out.write_text(json.dumps(data))
     return 0
 
