@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import sys
 import time
+import tomllib
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ringd import __version__
-from ringd.protocol import Client, RemoteError, Unreachable, default_socket_path
+from ringd.protocol import MAX_BATCH, Client, RemoteError, Unreachable, default_socket_path
 
 from .live import LiveTable
 
@@ -419,6 +421,71 @@ def start_child(
         console.print(line, highlight=False)
 
     emit(result, render)
+
+
+def read_specs(text: str, fmt: str) -> list[Any]:
+    """The child specs of a specs file: TOML ``[[child]]`` tables, or JSON (a list of
+    specs, or ``{"child": [...]}``). The daemon validates each spec."""
+    try:
+        data: Any = json.loads(text) if fmt == "json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"not valid {fmt.upper()}: {exc}", param_hint="'FILE'") from None
+    specs = data.get("child") if isinstance(data, dict) else data
+    if not isinstance(specs, list) or not specs:
+        where = "[[child]] tables" if fmt == "toml" else 'a list of specs or {"child": [...]}'
+        raise click.BadParameter(f"holds no child specs: expected {where}", param_hint="'FILE'")
+    return specs
+
+
+@cli.command("start-children")
+@click.argument("file", type=click.File("r"), metavar="FILE")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["toml", "json"]),
+    help="FILE's format (default: json for *.json, else toml).",
+)
+@wait_options("they all run somewhere", 120.0)
+@json_option
+@pass_client
+def start_children(client: Client, file: Any, fmt: str | None, wait: bool, timeout: float) -> None:
+    """Start every child a specs file lists (FILE, or - for stdin), as start-child
+    would one by one, in a few etcd transactions.
+
+    A TOML file has one [[child]] table per child, with the fields of start-child:
+    id, argv, restart, env, cwd, group, max_restarts, max_seconds, stop_signal,
+    stop_timeout, replicas, on, handoff. Nothing is stored if any spec is invalid
+    (up to 1,000 specs a request; bigger files go in several). A child already
+    stored with another spec is a conflict: the others are still started.
+    """
+    fmt = fmt or ("json" if file.name.endswith(".json") else "toml")
+    specs = read_specs(file.read(), fmt)
+    allow_wait(client, wait, timeout)
+    result: dict[str, Any] = {"stored": 0, "conflicts": []}
+    for start in range(0, len(specs), MAX_BATCH):
+        chunk = specs[start : start + MAX_BATCH]
+        try:
+            part = call(client, "start_children", specs=chunk, wait=wait, timeout=timeout)
+        except CtlError as exc:
+            # Name the spec by its place in the whole file, not in this request.
+            exc.message = re.sub(
+                r"specs\[(\d+)\]", lambda m: f"specs[{int(m[1]) + start}]", exc.message, count=1
+            )
+            raise
+        result["stored"] += part["stored"]
+        result["conflicts"] += part["conflicts"]
+
+    def render(row: dict[str, Any]) -> None:
+        one_line(f"{row['stored']} children stored" + (", all running" if wait else ""))
+        for child_id in row["conflicts"]:
+            err_console.print(
+                f"ringctl: child {escape(child_id)} already exists with another spec",
+                highlight=False,
+            )
+
+    emit(result, render)
+    if result["conflicts"]:
+        raise SystemExit(EXIT_ERROR)
 
 
 def parse_env(values: tuple[str, ...], option: str = "--env") -> dict[str, str]:

@@ -21,6 +21,7 @@ from .hooks import child_update, node_update
 from .listing import Listing
 from .logs import tail
 from .membership import decode
+from .protocol import MAX_BATCH
 from .spec import NAME_PATTERN, GroupRecord, encode, parse_child, parse_group, signal_number
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class Api:
             "ping": self.ping,
             "status": self.status,
             "start_child": self.start_child,
+            "start_children": self.start_children,
             "delete_child": self.delete_child,
             "find": self.find,
             "which_children": self.which_children,
@@ -168,6 +170,40 @@ class Api:
             )
         # The view may not hold the new spec yet; etcd just answered with it.
         return await self._found(spec.id, self.view.get("children", spec.id) or existing)
+
+    async def start_children(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Store many child specs at once (a specs file): all are validated before
+        any is written, then created a transaction of ``etcd.txn_ops`` at a time.
+        A spec already stored unchanged is fine; one stored differently is a
+        conflict, named in the reply, and the others are still stored."""
+        raw = args.get("specs")
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_BATCH:
+            raise InvalidSpec("specs", f"must be a list of 1 to {MAX_BATCH} specs")
+        specs: dict[str, bytes] = {}
+        for index, item in enumerate(raw):
+            try:
+                if not isinstance(item, dict):
+                    raise InvalidSpec("spec", "must be an object")
+                spec = parse_child(item)
+            except InvalidSpec as exc:
+                raise InvalidSpec(f"specs[{index}].{exc.field}", exc.problem) from None
+            if spec.id in specs:
+                raise InvalidSpec(f"specs[{index}].id", f"{spec.id!r} appears twice")
+            specs[spec.id] = encode(spec)
+        ids = list(specs)
+        conflicts: list[str] = []
+        for start in range(0, len(ids), self.etcd.txn_ops):
+            batch = ids[start : start + self.etcd.txn_ops]
+            now = await self.etcd.create_many([(self.keys.child(i), specs[i]) for i in batch])
+            conflicts += [i for i in batch if now[self.keys.child(i)].value != specs[i]]
+        if args.get("wait"):
+            waiting = [i for i in ids if i not in set(conflicts)]
+            await self._wait_for(
+                lambda: all(self._running(i) for i in waiting),
+                _timeout(args),
+                f"{len(waiting)} children running",
+            )
+        return {"stored": len(ids) - len(conflicts), "conflicts": conflicts}
 
     def _running(self, child_id: str) -> bool:
         claim = decode(self.view.get("claims", child_id))

@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 import types
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -320,6 +321,76 @@ def test_start_child_bad_env_is_usage_error(daemon: FakeDaemon, bad: str) -> Non
 def test_start_child_needs_a_command(daemon: FakeDaemon) -> None:
     result = run(daemon, "start-child", "web")
     assert result.exit_code == 2
+    assert daemon.requests == []
+
+
+# -- start-children ------------------------------------------------------------------
+
+SPECS_TOML = """
+[[child]]
+id = "web"
+argv = ["python3", "-m", "http.server"]
+env = { PORT = "8080" }
+
+[[child]]
+id = "worker"
+argv = ["sleep", "60"]
+restart = "transient"
+"""
+
+
+def test_start_children_sends_the_file_specs(daemon: FakeDaemon, tmp_path: Path) -> None:
+    daemon.results["start_children"] = {"stored": 2, "conflicts": []}
+    path = tmp_path / "specs.toml"
+    path.write_text(SPECS_TOML)
+    result = run(daemon, "start-children", str(path), "--wait")
+    assert result.exit_code == 0, result.output
+    [(op, args)] = daemon.requests
+    assert op == "start_children"
+    assert args["wait"] is True
+    assert args["specs"] == [
+        {"id": "web", "argv": ["python3", "-m", "http.server"], "env": {"PORT": "8080"}},
+        {"id": "worker", "argv": ["sleep", "60"], "restart": "transient"},
+    ]
+    assert result.stdout == "2 children stored, all running\n"
+
+
+def test_start_children_splits_a_big_file_and_reports_conflicts(
+    daemon: FakeDaemon, tmp_path: Path
+) -> None:
+    daemon.results["start_children"] = {"stored": 1, "conflicts": ["c7"]}
+    path = tmp_path / "specs.json"
+    path.write_text(json.dumps([{"id": f"c{i}", "argv": ["true"]} for i in range(2500)]))
+    result = run(daemon, "--json", "start-children", str(path))
+    assert result.exit_code == 1
+    assert [len(args["specs"]) for _, args in daemon.requests] == [1000, 1000, 500]
+    assert json.loads(result.stdout) == {"stored": 3, "conflicts": ["c7", "c7", "c7"]}
+
+
+def test_start_children_invalid_spec_is_named_by_its_place_in_the_file(
+    daemon: FakeDaemon, tmp_path: Path
+) -> None:
+    daemon.errors["start_children"] = ("invalid", "specs[3].argv: Expected `array`")
+    path = tmp_path / "specs.json"
+    path.write_text(json.dumps([{"id": f"c{i}", "argv": ["true"]} for i in range(1500)]))
+    result = run(daemon, "start-children", str(path))
+    assert result.exit_code == 2
+    assert "specs[3].argv" in result.stderr
+    assert len(daemon.requests) == 1  # nothing more is sent after an invalid request
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("id = ", "not valid TOML"), ("[[other]]\nx = 1\n", "no child specs"), ("", "no child specs")],
+)
+def test_start_children_bad_file_is_usage_error(
+    daemon: FakeDaemon, tmp_path: Path, text: str, words: str
+) -> None:
+    path = tmp_path / "specs.toml"
+    path.write_text(text)
+    result = run(daemon, "start-children", str(path))
+    assert result.exit_code == 2
+    assert words in result.stderr
     assert daemon.requests == []
 
 

@@ -69,7 +69,7 @@ def bash_complete(words: str, **env: str) -> list[str]:
 
 
 def test_bash_completes_commands_options_and_choices() -> None:
-    assert bash_complete("ringctl st") == ["start-child", "status"]
+    assert bash_complete("ringctl st") == ["start-child", "start-children", "status"]
     assert "which-children" in bash_complete("ringctl ''")
     assert bash_complete("ringctl start-child web --restart ''") == [
         "permanent",

@@ -12,7 +12,7 @@ import pytest
 
 from ringd.protocol import MAX_LINE, RemoteError
 
-from .helpers import exchange
+from .helpers import exchange, wait_until
 
 if TYPE_CHECKING:
     from .conftest import Cluster
@@ -97,7 +97,6 @@ def test_corrupt_spec_in_etcd_is_skipped(cluster: Cluster, journal) -> None:
             "start_child",
             spec={"id": "good", "argv": ["sleep", "60"], "env": {"TEST_CLUSTER": cluster.name}},
         )
-        from .helpers import wait_until
 
         wait_until(lambda: node.call("find", id="good")["state"] == "running", 10, "good running")
         rows = {r["id"]: r for r in node.call("which_children")}
@@ -106,3 +105,43 @@ def test_corrupt_spec_in_etcd_is_skipped(cluster: Cluster, journal) -> None:
         assert node.call("ping")
     finally:
         client.close()
+
+
+def test_start_children_stores_a_batch_and_names_conflicts(cluster: Cluster) -> None:
+    node = cluster.daemon("n1")
+    env = {"TEST_CLUSTER": cluster.name}
+    specs = [{"id": f"b{i}", "argv": ["sleep", "60"], "env": env} for i in range(70)]
+    # 70 specs: more than one transaction (txn_ops is 64).
+    result = node.call("start_children", specs=specs, wait=True, timeout=30)
+    assert result == {"stored": 70, "conflicts": []}
+    assert {r["id"] for r in node.call("which_children") if r["state"] == "running"} == {
+        f"b{i}" for i in range(70)
+    }
+    assert len(cluster.children()) == 70
+    # The same batch again is fine; a different spec for b3 is a conflict, b70 is new.
+    again = [*specs[:3], {**specs[3], "argv": ["sleep", "61"]}, {**specs[0], "id": "b70"}]
+    assert node.call("start_children", specs=again) == {"stored": 4, "conflicts": ["b3"]}
+    assert node.call("find", id="b3")["argv"] == ["sleep", "60"]  # unchanged
+    wait_until(lambda: node.call("find", id="b70")["state"] == "running", 10, "b70 running")
+
+
+@pytest.mark.parametrize(
+    ("specs", "field"),
+    [
+        ([], "specs"),
+        ("x", "specs"),
+        ([{"id": "ok", "argv": ["true"]}, "ls"], "specs[1].spec"),
+        ([{"id": "ok", "argv": ["true"]}, {"id": "bad", "argv": []}], "specs[1].argv"),
+        ([{"id": "ok", "argv": ["true"]}, {"id": "ok", "argv": ["true"]}], "specs[1].id"),
+        ([{"id": "ok", "argv": ["true"], "env": {"RINGD_NODE": "x"}}], "specs[0].env.RINGD_NODE"),
+        ([{"id": f"c{i}", "argv": ["true"]} for i in range(1001)], "specs"),
+    ],
+)
+def test_start_children_bad_batch_stores_nothing(cluster: Cluster, specs: object, field: str) -> None:
+    node = cluster.daemon("n1")
+    with pytest.raises(RemoteError) as info:
+        node.call("start_children", specs=specs)
+    assert info.value.code == "invalid"
+    assert info.value.message.startswith(f"{field}:"), info.value.message
+    assert node.call("which_children") == []  # nothing was stored
+    assert node.call("ping")["node"] == "n1"
