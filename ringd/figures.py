@@ -44,6 +44,28 @@ def read_proc(pid: int) -> tuple[float, int]:
     return (int(fields[11]) + int(fields[12])) / _TICKS, int(statm.split()[1]) * _PAGE
 
 
+def _boot_time() -> float:
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    raise OSError("no btime in /proc/stat")
+
+
+def start_time(pid: int) -> float:
+    """When process ``pid`` started, in seconds since the epoch: the value psutil's
+    ``Process.create_time()`` gives (boot time + the start tick in /proc/<pid>/stat),
+    without importing psutil (2.6 MiB of the daemon's RSS) for one field.
+
+    Raises:
+        OSError: there is no such process.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+    return ticks / _TICKS + _boot_time()
+
+
 class Figures:
     """RSS in bytes and CPU in % of one core (since the previous look) per pid.
 

@@ -21,11 +21,11 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import psutil
 import trio
 
 from . import __version__, metrics
 from .errors import EtcdUnavailable
+from .figures import start_time
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -113,13 +113,12 @@ class Membership:
     # -- registration -----------------------------------------------------------------
 
     def _alive_value(self) -> bytes:
-        me = psutil.Process()
         return json.dumps(
             {
                 "node": self.node,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
-                "pid_start": me.create_time(),
+                "pid_start": start_time(os.getpid()),
                 "instance": self.instance,
                 "version": __version__,
                 "labels": self.config.labels,
@@ -136,8 +135,8 @@ class Membership:
             return False
         pid = alive.get("pid")
         try:
-            running = psutil.Process(pid).create_time() == alive.get("pid_start")
-        except (psutil.Error, TypeError, ValueError):
+            running = start_time(int(pid)) == alive.get("pid_start")  # pid not reused
+        except (OSError, TypeError, ValueError):
             running = False
         if running:
             return False

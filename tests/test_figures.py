@@ -63,3 +63,11 @@ def test_proc_figures_are_psutils(busy: subprocess.Popen[bytes]) -> None:
     mine_cpu, mine_rss = read_proc(busy.pid)
     assert abs(mine_rss - rss) <= 256 * 1024  # it runs: its RSS moves between the reads
     assert cpu - 0.05 <= mine_cpu <= cpu + 0.5  # it spins: CPU grows between the reads
+
+
+def test_start_time_is_psutils_create_time(busy: subprocess.Popen[bytes]) -> None:
+    from ringd.figures import start_time
+
+    assert start_time(busy.pid) == pytest.approx(psutil.Process(busy.pid).create_time(), abs=0.011)
+    with pytest.raises(OSError):
+        start_time(2**22 + 1)  # above pid_max: no such process
