@@ -712,7 +712,9 @@ class Bench:
         # The same 1,000 through one start_child call each: time only, then stopped.
         inst, timings = self.start_instance(PER_CALL, 1000, "rc")
         self.results[("start", 1000, PER_CALL)] = timings
-        log(f"  {PER_CALL}: all exec'd {timings['exec']:6.2f} s, running {timings['running']:6.2f} s")
+        log(
+            f"  {PER_CALL}: all exec'd {timings['exec']:6.2f} s, running {timings['running']:.2f} s"
+        )
         assert inst.process is not None
         hard_stop(inst.process, inst.helpers())
         return live
@@ -924,7 +926,7 @@ def table(r: dict[Any, Any]) -> str:
         + [cell(("start", 1000, s), ".2f", "running") for s in SYSTEMS]
     )
     rows.append(
-        [f"start 1,000, ringd by {START_CONCURRENCY} clients' start_child calls: exec'd / running, s"]
+        [f"start 1,000, ringd by {START_CONCURRENCY} clients' start_child calls: exec'd / running"]
         + [
             f"{cell(('start', 1000, PER_CALL), '.2f', 'exec')} /"
             f" {cell(('start', 1000, PER_CALL), '.2f', 'running')}"
@@ -1100,10 +1102,10 @@ Start 1,000: ringd from its request with the daemon already up: the specs
 of a file in one `start_children` request (`ringctl start-children FILE`, the
 counterpart of supervisord's config file), and, on another fresh daemon, one
 `start_child` call per child ({concurrency} in flight); the others from process
-launch (supervisord's figure includes reading its config and its first ~1 s poll). "Running" is ringd's
-`status` (polled every 50 ms) and supervisord's log. RSS is the daemon process
-alone, on fresh instances, read before anything lists the children (ringd's
-guard and private etcd are listed separately). Idle CPU is the daemon's
+launch (supervisord's figure includes reading its config and its first ~1 s
+poll). "Running" is ringd's `status` (polled every 50 ms) and supervisord's log.
+RSS is the daemon process alone, on fresh instances, read before anything lists
+the children (ringd's guard and private etcd are listed separately). Idle CPU is the daemon's
 user+system time over the same window for all systems at once (60 s: one of
 ringd's figures publications), plus, for ringd, its full re-list of the cluster
 keys every 300 s, amortized (the CPU of one such list through the same client,

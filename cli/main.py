@@ -437,6 +437,11 @@ def read_specs(text: str, fmt: str) -> list[Any]:
     return specs
 
 
+def shift_spec_index(message: str, offset: int) -> str:
+    """``specs[3].argv: ...`` of a request that began at spec ``offset`` of a file."""
+    return re.sub(r"specs\[(\d+)\]", lambda m: f"specs[{int(m[1]) + offset}]", message, count=1)
+
+
 @cli.command("start-children")
 @click.argument("file", type=click.File("r"), metavar="FILE")
 @click.option(
@@ -468,9 +473,7 @@ def start_children(client: Client, file: Any, fmt: str | None, wait: bool, timeo
             part = call(client, "start_children", specs=chunk, wait=wait, timeout=timeout)
         except CtlError as exc:
             # Name the spec by its place in the whole file, not in this request.
-            exc.message = re.sub(
-                r"specs\[(\d+)\]", lambda m: f"specs[{int(m[1]) + start}]", exc.message, count=1
-            )
+            exc.message = shift_spec_index(exc.message, start)
             raise
         result["stored"] += part["stored"]
         result["conflicts"] += part["conflicts"]

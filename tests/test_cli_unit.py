@@ -11,7 +11,6 @@ import tempfile
 import threading
 import time
 import types
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -23,6 +22,7 @@ from ringd import protocol
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 # The canned results are relative to NOW, and ringctl's clock is frozen there.
 NOW = time.time()
@@ -805,3 +805,8 @@ def test_start_child_replicas_affinity_handoff(daemon: FakeDaemon) -> None:
     }
     bad = run(daemon, "start-child", "db", "--on", "zone", "--", "pg")
     assert bad.exit_code == 2 and "'zone' is not K=V" in bad.stderr and "--on" in bad.stderr
+
+
+def test_shift_spec_index_names_the_place_in_the_file() -> None:
+    assert ctl.shift_spec_index("specs[3].argv: bad", 2000) == "specs[2003].argv: bad"
+    assert ctl.shift_spec_index("specs: must be a list", 1000) == "specs: must be a list"

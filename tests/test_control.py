@@ -137,7 +137,9 @@ def test_start_children_stores_a_batch_and_names_conflicts(cluster: Cluster) -> 
         ([{"id": f"c{i}", "argv": ["true"]} for i in range(1001)], "specs"),
     ],
 )
-def test_start_children_bad_batch_stores_nothing(cluster: Cluster, specs: object, field: str) -> None:
+def test_start_children_bad_batch_stores_nothing(
+    cluster: Cluster, specs: object, field: str
+) -> None:
     node = cluster.daemon("n1")
     with pytest.raises(RemoteError) as info:
         node.call("start_children", specs=specs)

@@ -69,5 +69,5 @@ def test_start_time_is_psutils_create_time(busy: subprocess.Popen[bytes]) -> Non
     from ringd.figures import start_time
 
     assert start_time(busy.pid) == pytest.approx(psutil.Process(busy.pid).create_time(), abs=0.011)
-    with pytest.raises(OSError):
+    with pytest.raises(FileNotFoundError):
         start_time(2**22 + 1)  # above pid_max: no such process
