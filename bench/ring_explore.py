@@ -5,7 +5,7 @@ BENCHMARKS.md (Ring section). Same keys as ``bench.ring_bench``
 (``child-0`` .. ``child-9999``), nodes ``<prefix>0`` .., and per scheme:
 
 - max/mean keys per node at 3, 10 and 100 nodes;
-- moved keys over the ideal at 100 nodes (1/(N+1) for a join to N+1, 1/N
+- moved keys over the ideal at 100 nodes (``--nodes``) (1/(N+1) for a join to N+1, 1/N
   for a leave from N), mean and worst over ``--events`` joins
   (``new-0`` ..) and leaves (evenly spaced nodes), as ring_bench does;
 - other keys moved when one key is added (whole-set schemes only move any).
@@ -15,7 +15,7 @@ counts, round-robin with uhashring) and shows what the vnode count does to
 balance. Single process, no daemons; exact figures (all but ``--build``)
 are the same on every run. Run from the repository root::
 
-    python -m bench.ring_explore [--events 8] [--adds 4] [--prefix node-]
+    python -m bench.ring_explore [--events 8] [--adds 4] [--prefix node-] [--nodes 100]
                                  [--schemes SUBSTR,...] [--small] [--list]
     python -m bench.ring_explore --build [--repeat 15]
 """
@@ -342,19 +342,21 @@ def explore(args: argparse.Namespace) -> None:
     wanted = [p for p in args.schemes.split(",") if p]
     chosen = [s for s in SCHEMES if not wanted or any(p in s for p in wanted)]
     print(
-        f"nodes {args.prefix}0..; {args.events} joins / leaves at 100 nodes; {args.adds} key adds"
+        f"nodes {args.prefix}0..; {args.events} joins / leaves at {args.nodes} nodes; "
+        f"{args.adds} key adds"
     )
     small = " | join / leave x ideal at 3, 10" if args.small else ""
     print(
-        "| scheme | max/mean 3 / 10 / 100 | join x ideal, 100 (worst) "
-        f"| leave x ideal, 100 (worst) | other keys moved per key add, 100 (max){small} |"
+        f"| scheme | max/mean 3 / 10 / 100 | join x ideal, {args.nodes} (worst) "
+        f"| leave x ideal, {args.nodes} (worst) "
+        f"| other keys moved per key add, {args.nodes} (max){small} |"
     )
     print("|---|---|---|---|---|" + ("---|" if args.small else ""))
     for scheme in chosen:
         place = SCHEMES[scheme]
         bal = [max_over_mean(place(names(c), KEYS), c) for c in (3, 10, 100)]
-        joins, leaves = movement(place, names(100), args.events)
-        adds = key_adds(place, names(100), args.adds)
+        joins, leaves = movement(place, names(args.nodes), args.events)
+        adds = key_adds(place, names(args.nodes), args.adds)
         row = [
             scheme,
             " / ".join(f"{b:.3f}" for b in bal),
@@ -424,7 +426,8 @@ def build(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ring_explore", description=__doc__)
     parser.add_argument("--events", type=int, default=8, help="joins and leaves at 100 nodes")
-    parser.add_argument("--adds", type=int, default=4, help="single-key adds at 100 nodes")
+    parser.add_argument("--adds", type=int, default=4, help="single-key adds at --nodes")
+    parser.add_argument("--nodes", type=int, default=100, help="node count for movement, adds")
     parser.add_argument("--prefix", default="node-", help="node names: <prefix>0, <prefix>1, ..")
     parser.add_argument("--schemes", default="", help="comma-separated substrings of names")
     parser.add_argument("--small", action="store_true", help="also movement at 3 and 10 nodes")
