@@ -293,6 +293,8 @@ SCHEMES: dict[str, Placer] = {
     "smoothed keys, ring v1000, 2^10 buckets": smoothed(1000, 10),
     "smoothed keys, ring v1000, 2^13 buckets": smoothed(1000, 13),
     "smoothed keys, ring v1000, 2^13 buckets, bounded": smoothed(1000, 13, bounded=True),
+    "smoothed keys, ring v250, 2^10 buckets": smoothed(250, 10),
+    "smoothed keys, ring v250, 2^13 buckets": smoothed(250, 13),
     "plain ring v400": plain(400),
     "plain ring v500": plain(500),
     "assign v400": ring_assign(400),
