@@ -9,7 +9,7 @@ import resource
 import secrets
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -192,24 +192,15 @@ async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> No
         etcd.close()
 
 
-async def _announce_leave(
-    membership: Membership, *, task_status: Any = trio.TASK_STATUS_IGNORED
-) -> None:
-    try:
-        await membership.announce_leave(task_status=task_status)
-    except EtcdUnavailable as exc:
-        logger.warning("could not announce the leave (survivors wait for the lease): %s", exc)
-
-
 async def _leave(config: Config, reconciler: Reconciler, membership: Membership) -> None:
     """Leave the ring, stop children releasing each claim as it stops (so survivors
     take over child by child), then revoke the lease."""
     with trio.move_on_after(config.shutdown_grace) as scope:
-        # Both at once: a survivor claims a child once this node is out of the ring
-        # and the child's claim is released, whichever comes last.
-        async with trio.open_nursery() as nursery:
-            await nursery.start(_announce_leave, membership)
-            await reconciler.release_all()
+        try:
+            await membership.announce_leave()
+        except EtcdUnavailable as exc:
+            logger.warning("could not announce the leave (survivors wait for the lease): %s", exc)
+        await reconciler.release_all()
         try:
             await membership.leave()
         except EtcdUnavailable as exc:

@@ -326,15 +326,13 @@ class Membership:
             ):
                 logger.info("node %s is offline (lease expired)", node)
 
-    async def announce_leave(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def announce_leave(self) -> None:
         """First step of a graceful leave: mark this node offline and take it out of
         every ring now (its alive key goes), so survivors claim each child as soon
         as it is released. The lease stays alive (and kept alive) until ``leave``:
-        the claims of children not yet stopped stay ours. Reports started once no
-        child may start or restart here any more (the etcd writes follow)."""
+        the claims of children not yet stopped stay ours."""
         self.leaving = True
         self._notify()
-        task_status.started()
         if self.lease_id is None:
             return
         await self._write_status("offline", "graceful leave")
