@@ -50,10 +50,14 @@ def test_quickstart_as_written(tmp_path: Path) -> None:
         out = result.stdout
         for i in range(1, 7):
             assert re.search(rf"started sleeper{i} on n[123] \(pid \d+\)", out), out
+        assert "3 children stored, all running" in out, out
         for n in ("n1", "n2", "n3"):
             assert re.search(rf"^{n}\s+online\s", out, re.M), out
-        rows = re.findall(r"^(sleeper\d)\s+(n[123])\s+(\d+)\s+running", out, re.M)
-        assert sorted(r[0] for r in rows) == [f"sleeper{i}" for i in range(1, 7)], out
+        rows = re.findall(r"^(sleeper\d|batch\d)\s+(n[123])\s+(\d+)\s+running", out, re.M)
+        assert sorted(r[0] for r in rows) == [
+            *(f"batch{i}" for i in range(1, 4)),
+            *(f"sleeper{i}" for i in range(1, 7)),
+        ], out
         assert len({r[1] for r in rows}) >= 2, "spread over the nodes"
     finally:
         # `kill $(jobs -p)`, as the README says: the daemons stop their children and leave.
@@ -65,10 +69,23 @@ def test_quickstart_as_written(tmp_path: Path) -> None:
         for pid in pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-        leftovers = [p for p, env in processes_with_env("RINGD_CHILD_ID=sleeper").items()]
+        leftovers = [
+            p
+            for marker in ("RINGD_CHILD_ID=sleeper", "RINGD_CHILD_ID=batch")
+            for p in processes_with_env(marker)
+        ]
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
         subprocess.run(
-            ["rm", "-rf", "/tmp/rq-etcd", "/tmp/rq-n1", "/tmp/rq-n2", "/tmp/rq-n3"], check=False
+            [
+                "rm",
+                "-rf",
+                "/tmp/rq-etcd",
+                "/tmp/rq-n1",
+                "/tmp/rq-n2",
+                "/tmp/rq-n3",
+                "/tmp/rq-specs.toml",
+            ],
+            check=False,
         )
     assert not leftovers, "every child stopped with its daemon"
