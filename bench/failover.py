@@ -43,6 +43,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ringd import etcdpb  # noqa: F401 - before etcd3 (see ringd.etcdpb)
+
+# isort: split
 import etcd3
 import grpc
 from etcd3 import etcdrpc

@@ -63,6 +63,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from ringd import etcdpb  # noqa: F401 - before etcd3 (see ringd.etcdpb)
+
+# isort: split
 import etcd3
 
 import ringd

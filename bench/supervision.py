@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib
 import importlib.metadata
 import json
 import math
@@ -724,6 +725,7 @@ class Bench:
         reads), through the same etcd client, in this process: the resync falls
         outside most idle windows, so it is added to ringd's figure amortized."""
         try:
+            importlib.import_module("ringd.etcdpb")  # before etcd3 (see ringd.etcdpb)
             import etcd3
 
             from ringd.config import Config

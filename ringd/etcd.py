@@ -28,6 +28,9 @@ from urllib.parse import urlsplit
 # daemon imports this module lazily); an operator's own setting wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+from . import etcdpb  # noqa: F401 - builds etcd3's messages, so it comes first
+
+# isort: split
 import etcd3
 import etcd3.exceptions
 import etcd3.transactions

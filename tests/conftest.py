@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+# etcd3's messages on the installed protobuf runtime, before any test module
+# imports etcd3 (see ringd.etcdpb).
+from ringd import etcdpb  # noqa: F401
 from ringd.standalone import PrivateEtcd
 
 from .helpers import Daemon, kill_pids, processes_with_env

@@ -157,6 +157,9 @@ def sample(
     violations: list[tuple[float, str, list[tuple[int, str]]]] = []
     client = None
     if etcd_url:
+        from ringd import etcdpb  # noqa: F401 - before etcd3 (see ringd.etcdpb)
+
+        # isort: split
         import etcd3
 
         host, port = etcd_url.removeprefix("http://").split(":")
