@@ -159,12 +159,12 @@ class Api:
         if not isinstance(raw, dict):
             raise InvalidSpec("spec", "must be an object")
         spec = parse_child(raw)
+        timeout = _timeout(args)  # checked before anything is stored
         value = encode(spec)
         existing = await self.etcd.create_coalesced(self.keys.child(spec.id), value)
         if existing.value != value:  # the same spec again is fine: start-child is idempotent
             raise AlreadyExists("child", spec.id)
         if args.get("wait"):
-            timeout = _timeout(args)
             await self._wait_for(
                 lambda: self._running(spec.id), timeout, f"child {spec.id} running"
             )
@@ -190,6 +190,7 @@ class Api:
             if spec.id in specs:
                 raise InvalidSpec(f"specs[{index}].id", f"{spec.id!r} appears twice")
             specs[spec.id] = encode(spec)
+        timeout = _timeout(args)
         ids = list(specs)
         conflicts: list[str] = []
         for start in range(0, len(ids), self.etcd.txn_ops):
@@ -197,10 +198,11 @@ class Api:
             now = await self.etcd.create_many([(self.keys.child(i), specs[i]) for i in batch])
             conflicts += [i for i in batch if now[self.keys.child(i)].value != specs[i]]
         if args.get("wait"):
-            waiting = [i for i in ids if i not in set(conflicts)]
+            conflicting = set(conflicts)
+            waiting = [i for i in ids if i not in conflicting]
             await self._wait_for(
                 lambda: all(self._running(i) for i in waiting),
-                _timeout(args),
+                timeout,
                 f"{len(waiting)} children running",
             )
         return {"stored": len(ids) - len(conflicts), "conflicts": conflicts}

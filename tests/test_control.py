@@ -147,3 +147,19 @@ def test_start_children_bad_batch_stores_nothing(
     assert info.value.message.startswith(f"{field}:"), info.value.message
     assert node.call("which_children") == []  # nothing was stored
     assert node.call("ping")["node"] == "n1"
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("start_child", {"spec": {"id": "t1", "argv": ["true"]}}),
+        ("start_children", {"specs": [{"id": "t1", "argv": ["true"]}]}),
+    ],
+)
+def test_a_bad_wait_timeout_stores_nothing(cluster: Cluster, op: str, args: dict) -> None:
+    node = cluster.daemon("n1")
+    with pytest.raises(RemoteError) as info:
+        node.call(op, **args, wait=True, timeout=0)
+    assert info.value.code == "invalid"
+    assert info.value.message.startswith("timeout:")
+    assert node.call("which_children") == []
