@@ -473,8 +473,7 @@ def start_children(client: Client, file: Any, fmt: str | None, wait: bool, timeo
             part = call(client, "start_children", specs=chunk, wait=wait, timeout=timeout)
         except CtlError as exc:
             # Name the spec by its place in the whole file, not in this request.
-            exc.message = shift_spec_index(exc.message, start)
-            raise
+            raise CtlError(shift_spec_index(exc.message, start), exc.exit_code) from None
         result["stored"] += part["stored"]
         result["conflicts"] += part["conflicts"]
 

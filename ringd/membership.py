@@ -135,8 +135,9 @@ class Membership:
             return False
         pid = alive.get("pid")
         try:
-            running = start_time(int(pid)) == alive.get("pid_start")  # pid not reused
-        except (OSError, TypeError, ValueError):
+            # Same start time: that daemon runs still (its pid was not reused).
+            running = isinstance(pid, int) and start_time(pid) == alive.get("pid_start")
+        except OSError:
             running = False
         if running:
             return False
