@@ -211,9 +211,10 @@ class Ring:
             return 0
         if math.isinf(balance):
             return count
-        # Exact rational arithmetic: float rounding must not push the floor
-        # past the bound, and it must give the same answer on every host.
-        bound = math.floor(Fraction(balance) * count / nodes)
+        # Exact rational arithmetic on the decimal the caller wrote (repr is the
+        # shortest one that round-trips: 1.15, not 1.149999...): the floor then
+        # never passes the bound, and every host gives the same answer.
+        bound = math.floor(Fraction(repr(float(balance))) * count / nodes)
         return min(count, max(bound, -(-count // nodes)))
 
     def assign(self, keys: Iterable[str], *, balance: float = DEFAULT_BALANCE) -> dict[str, str]:

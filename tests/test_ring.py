@@ -148,6 +148,9 @@ def test_capacity() -> None:
     assert ring.capacity(10_001, balance=1.0) == 101  # ceil: every key must fit
     assert ring.capacity(50) == 1
     assert ring.capacity(10_000, balance=math.inf) == 10_000
+    # The decimal balance, not its binary float: 1.15 is a hair below 1.15 in binary.
+    assert ring.capacity(10_000, balance=1.15) == 115
+    assert ring.capacity(10_000, balance=1.3) == 130
     # 1.1 is not exact in binary; the floor must still land on the decimal bound.
     assert ring_of(3).capacity(10_000) == 3666
     assert ring_of(10).capacity(10_000) == 1100
