@@ -26,8 +26,15 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ringd import __version__
-from ringd.protocol import MAX_BATCH, Client, RemoteError, Unreachable, default_socket_path
+from ringd import __version__, protocol
+from ringd.protocol import (
+    MAX_BATCH,
+    MAX_LINE,
+    Client,
+    RemoteError,
+    Unreachable,
+    default_socket_path,
+)
 
 from .live import LiveTable
 
@@ -437,6 +444,21 @@ def read_specs(text: str, fmt: str) -> list[Any]:
     return specs
 
 
+def spec_batches(specs: list[Any]) -> Iterator[tuple[int, list[Any]]]:
+    """``(index of the first, specs)`` per request: at most MAX_BATCH specs, and
+    short enough for the daemon's request line (specs with a big env or argv)."""
+    room = MAX_LINE - 4096  # the request's envelope
+    start, size = 0, 0
+    for index, spec in enumerate(specs):
+        length = len(protocol.dumps(spec)) + 1  # as the request encodes it, and a comma
+        if index > start and (index - start == MAX_BATCH or size + length > room):
+            yield start, specs[start:index]
+            start, size = index, 0
+        size += length
+    if start < len(specs):
+        yield start, specs[start:]
+
+
 def shift_spec_index(message: str, offset: int) -> str:
     """``specs[3].argv: ...`` of a request that began at spec ``offset`` of a file."""
     return re.sub(r"specs\[(\d+)\]", lambda m: f"specs[{int(m[1]) + offset}]", message, count=1)
@@ -460,15 +482,14 @@ def start_children(client: Client, file: Any, fmt: str | None, wait: bool, timeo
     A TOML file has one [[child]] table per child, with the fields of start-child:
     id, argv, restart, env, cwd, group, max_restarts, max_seconds, stop_signal,
     stop_timeout, replicas, on, handoff. Nothing is stored if any spec is invalid
-    (up to 1,000 specs a request; bigger files go in several). A child already
+    (a request holds up to 1,000 specs and 1 MiB; bigger files go in several). A child already
     stored with another spec is a conflict: the others are still started.
     """
     fmt = fmt or ("json" if file.name.endswith(".json") else "toml")
     specs = read_specs(file.read(), fmt)
     allow_wait(client, wait, timeout)
     result: dict[str, Any] = {"stored": 0, "conflicts": []}
-    for start in range(0, len(specs), MAX_BATCH):
-        chunk = specs[start : start + MAX_BATCH]
+    for start, chunk in spec_batches(specs):
         try:
             part = call(client, "start_children", specs=chunk, wait=wait, timeout=timeout)
         except CtlError as exc:

@@ -26,7 +26,8 @@ MAX_LINE = 1 << 20
 MAX_REPLY = 256 << 20
 ENV_SOCKET = "RINGD_SOCKET"
 # Specs in one start_children request: 1,000 typical specs are ~150 KiB, well
-# inside MAX_LINE; ringctl splits a bigger file into several requests.
+# inside MAX_LINE; ringctl splits a bigger file (by count and by size) into several
+# requests.
 MAX_BATCH = 1000
 
 

@@ -807,6 +807,24 @@ def test_start_child_replicas_affinity_handoff(daemon: FakeDaemon) -> None:
     assert bad.exit_code == 2 and "'zone' is not K=V" in bad.stderr and "--on" in bad.stderr
 
 
+def test_spec_batches_split_by_count_and_by_size() -> None:
+    small = [{"id": f"c{i}", "argv": ["true"]} for i in range(2500)]
+    assert [(start, len(chunk)) for start, chunk in ctl.spec_batches(small)] == [
+        (0, 1000),
+        (1000, 1000),
+        (2000, 500),
+    ]
+    # 300 specs of ~10 KiB each: 3 MiB, more than one request line holds.
+    big = [{"id": f"b{i}", "argv": ["true"], "env": {"X": "x" * 10_000}} for i in range(300)]
+    batches = list(ctl.spec_batches(big))
+    assert len(batches) == 3
+    assert [start for start, _ in batches] == [0, batches[1][0], batches[2][0]]
+    assert sum(len(chunk) for _, chunk in batches) == 300
+    for _, chunk in batches:
+        request = protocol.encode({"id": 1, "op": "start_children", "args": {"specs": chunk}})
+        assert len(request) < protocol.MAX_LINE
+
+
 def test_shift_spec_index_names_the_place_in_the_file() -> None:
     assert ctl.shift_spec_index("specs[3].argv: bad", 2000) == "specs[2003].argv: bad"
     assert ctl.shift_spec_index("specs: must be a list", 1000) == "specs: must be a list"
