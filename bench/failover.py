@@ -95,6 +95,39 @@ def descendants(root: int) -> set[int]:
     return out
 
 
+def cpu_ms(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far (schedstat, ns resolution); 0 if gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    total = 0
+    for tid in tids:
+        path = f"/proc/{pid}/task/{tid}/schedstat"
+        with contextlib.suppress(OSError, ValueError), open(path, "rb") as f:
+            total += int(f.read().split()[0])
+    return total / 1e6
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU so far (/proc/stat)."""
+    with open("/proc/stat", "rb") as f:
+        ticks = [int(x) for x in f.readline().split()[1:8]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def handoff_floor(children: int, spawners: int) -> float:
+    """``bench.handoff_floor``: stop ``children`` and start as many in ``spawners``
+    processes, nothing else (seconds)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.handoff_floor", "--children", str(children),
+         "--spawners", str(spawners)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return float(json.loads(out.stdout)["total"])
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -165,6 +198,11 @@ class Watcher:
     def since(self, t: float) -> list[tuple[float, str, str, bool, bytes]]:
         with self._lock:
             return [e for e in self.events if e[0] >= t]
+
+    def after(self, cursor: int) -> tuple[list[tuple[float, str, str, bool, bytes]], int]:
+        """The events from index ``cursor`` on, and the cursor for the next call."""
+        with self._lock:
+            return self.events[cursor:], len(self.events)
 
     def close(self) -> None:
         self._stop.set()
@@ -324,17 +362,28 @@ class Bench:
             if key in keys and k == kind and (c or not created)
         ]
 
-    def running_since(self, since: float, ids: set[str]) -> dict[str, float]:
-        """When each child's claim was first published running on another node."""
-        assert self.watcher is not None
+    def running_tracker(self, since: float, ids: set[str]) -> Any:
+        """A poll function returning when each child's claim was first published
+        running on another node. Each call reads only the events that arrived since
+        the last one: parsing them all on every poll took 30 ms of CPU per handoff,
+        on the CPUs the daemons being measured share."""
+        watcher = self.watcher
+        assert watcher is not None
         by_key = {f"{self.prefix}claims/{i}": i for i in ids}
         up: dict[str, float] = {}
-        for t, kind, key, _, value in self.watcher.since(since):
-            if kind == "put" and key in by_key and by_key[key] not in up:
-                claim = json.loads(value)
-                if claim.get("node") != "v" and claim.get("state") == "running":
-                    up[by_key[key]] = t
-        return up
+        cursor = 0
+
+        def poll() -> dict[str, float]:
+            nonlocal cursor
+            events, cursor = watcher.after(cursor)
+            for t, kind, key, _, value in events:
+                if t >= since and kind == "put" and key in by_key and by_key[key] not in up:
+                    claim = json.loads(value)
+                    if claim.get("node") != "v" and claim.get("state") == "running":
+                        up[by_key[key]] = t
+            return up
+
+        return poll
 
     def released_at(self, since: float, ids: set[str]) -> dict[str, float]:
         """When the victim deleted each child's claim (its process had exited)."""
@@ -382,10 +431,23 @@ class Bench:
         victim = self.daemons["v"]
         ids = set(self.victim_ids)
         pids = [p for p, (i, n) in scan(self.marker).items() if n == "v"]
+        # The same move with nothing of ringd's, on the same CPUs, just before.
+        floor = handoff_floor(len(ids), len(self.daemons) - 1)
         time.sleep(random.uniform(0, 0.1))
         assert victim.process is not None
+        # Where the CPUs go during the handoff: every process involved, by pid.
+        survivors = [d.process.pid for d in self.daemons.values() if d is not victim and d.process]
+        accounts = {
+            "victim": [victim.process.pid, *self.guards(victim.process.pid)],
+            "survivors": survivors,
+            "etcd": [self.etcd.process.pid] if self.etcd.process else [],
+            "benchmark": [os.getpid()],
+        }
+        cpu_before = {k: sum(cpu_ms(p) for p in ps) for k, ps in accounts.items()}
+        busy_before = machine_busy()
         exited = float("nan")
         t0 = time.monotonic()
+        running = self.running_tracker(t0, ids)
         victim.signal(signal.SIGTERM)
         deadline = t0 + 60
         # Timed from the etcd watch, not by scanning processes: a scan every few ms
@@ -393,14 +455,21 @@ class Bench:
         # measured (on 2 CPUs it tripled the figures). A child is handed over when
         # the victim has deleted its claim (after its process exited) and a survivor
         # has published its new instance running (after its process was spawned).
-        while len(up := self.running_since(t0, ids)) < len(ids):
+        while len(up := running()) < len(ids):
             if exited != exited and victim.process.poll() is not None:  # nan: not yet
                 exited = time.monotonic() - t0
             if time.monotonic() > deadline:
                 raise TimeoutError("graceful handoff")
             time.sleep(0.01)
         total = max(up.values()) - t0
+        busy_after = machine_busy()
+        cpu = {k: sum(cpu_ms(p) for p in ps) - cpu_before[k] for k, ps in accounts.items()}
+        for k, ps in accounts.items():
+            if not all(os.path.exists(f"/proc/{p}") for p in ps):
+                cpu[k] = float("nan")  # one exited before the last child was up: unknown
         wait_for(lambda: self.running_elsewhere(ids), 30, "processes running elsewhere")
+        # The new children's own start-up (exec, dynamic loading): all of their CPU.
+        cpu["children"] = sum(cpu_ms(p) for p, (i, n) in scan(self.marker).items() if i in ids)
         down = self.released_at(t0, ids)
         downtimes = sorted(up[i] - down.get(i, t0) for i in ids)
         assert victim.wait() == 0, victim.log.read_text()[-3000:]
@@ -425,10 +494,23 @@ class Bench:
             "downtime_median": downtimes[len(downtimes) // 2],
             "downtime_p95": downtimes[int(len(downtimes) * 0.95)],
             "downtime_max": downtimes[-1],
+            "floor": floor,
+            "busy": (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1),
+            **{f"cpu_{k}": v for k, v in cpu.items()},
         }
         victim.start()
         self.victim_ids = self.settle()
         return stamps
+
+    @staticmethod
+    def guards(daemon: int) -> list[int]:
+        """The daemon's guard process (``python -m ringd.guard``), by pid."""
+        found = []
+        for pid in descendants(daemon):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"ringd.guard" in f.read():
+                    found.append(pid)
+        return found
 
     def fences(self) -> int:
         """Self-fencing events so far, all daemons (their logs)."""
@@ -440,7 +522,9 @@ class Bench:
 
 
 def spread(values: list[float], unit: float = 1.0, fmt: str = "{:.2f}") -> str:
-    values = [v * unit for v in values]
+    values = [v * unit for v in values if v == v]  # nan: not measured in that run
+    if not values:
+        return "n/a"
     med = statistics.median(values)
     return f"{fmt.format(med)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
@@ -483,6 +567,22 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
             f"**{col(gr, 'downtime_median', **ms)}** / {col(gr, 'downtime_p95', **ms)} / "
             f"{col(gr, 'downtime_max', **ms)} ms",
         ),
+        (
+            "graceful: the same move with nothing of ringd's, same run "
+            "(`bench.handoff_floor`: SIGTERM and reap the children, then "
+            f"{args.nodes - 1} processes `posix_spawn` as many)",
+            f"{col(gr, 'floor', **ms)} ms; the handoff took "
+            f"**{statistics.median(s['total'] / s['floor'] for s in gr):.2f} x** this floor",
+        ),
+        (
+            "graceful: CPU used from SIGTERM to the last child published, ms: victim "
+            "(and its guard) / survivors / etcd / the new children / this benchmark",
+            " / ".join(
+                col(gr, f"cpu_{k}", fmt="{:.0f}")
+                for k in ("victim", "survivors", "etcd", "children", "benchmark")
+            )
+            + f"; all {os.cpu_count()} CPUs busy {col(gr, 'busy', unit=100, fmt='{:.0f}')} %",
+        ),
         ("graceful: SIGTERM -> first / last claim released by the victim",
          f"{col(gr, 'first_release', **ms)} / {col(gr, 'last_release', **ms)} ms"),
         ("graceful: SIGTERM -> status row 'offline' written",
@@ -509,12 +609,42 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report_sizes(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    """Graceful handoff against the victim's number of children (and the floor)."""
+    rows = []
+    for size, samples in sorted([*results["sizes"].items(), (args.children, results["graceful"])]):
+        n = statistics.median(s["children"] for s in samples)
+        ratio = statistics.median(s["total"] / s["floor"] for s in samples)
+        rows.append(
+            f"| {n:.0f} (of {size}) | **{spread([s['total'] for s in samples], 1000, '{:.0f}')}**"
+            f" | {spread([s['floor'] for s in samples], 1000, '{:.0f}')} | {ratio:.2f} x"
+            f" | {spread([s['busy'] for s in samples], 100, '{:.0f}')} % |"
+        )  # fmt: skip
+    return "\n".join(
+        [
+            f"Graceful leave against the victim's number of children ({args.runs} runs each; "
+            "the floor is `bench.handoff_floor` in the same run):",
+            "",
+            "| victim's children | SIGTERM -> all published running elsewhere, ms "
+            "| floor, ms | handoff / floor | CPUs busy |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=3, help="daemons, the victim included")
     parser.add_argument("--children", type=int, default=300, help="children in the cluster")
     parser.add_argument("--ttl", type=float, default=2.0, help="lease TTL (etcd's minimum: 2)")
+    parser.add_argument(
+        "--graceful-sizes",
+        default="30,90",
+        help="then graceful leaves only, in clusters of these many children (comma-"
+        "separated; '' for none): how the handoff grows with the victim's children",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every sample here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--log-level", default="warning", help="the daemons' log level")
@@ -561,10 +691,24 @@ def main(argv: list[str] | None = None) -> int:
             name: d.log.read_text().count("fencing node") for name, d in bench.daemons.items()
         }
         results["load"].append(os.getloadavg()[0])
+    sizes = [int(n) for n in args.graceful_sizes.split(",") if n.strip()]
+    results["sizes"] = {}
+    for size in sizes:
+        with Bench(argparse.Namespace(**{**vars(args), "children": size})) as bench:
+            samples = [bench.graceful() for _ in range(args.runs)]
+            results["sizes"][size] = samples
+            print(
+                f"{size} children: the victim ran {len(bench.victim_ids)}, graceful "
+                + ", ".join(f"{s['total'] * 1000:.0f}" for s in samples) + " ms",
+                flush=True,
+            )  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print()
     print(report(args, results))
+    if results["sizes"]:
+        print()
+        print(report_sizes(args, results))
     return 0
 
 

@@ -195,6 +195,9 @@ async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> No
 async def _leave(config: Config, reconciler: Reconciler, membership: Membership) -> None:
     """Leave the ring, stop children releasing each claim as it stops (so survivors
     take over child by child), then revoke the lease."""
+    # No reconcile pass from here on: one would see the node leaving and stop its
+    # children without releasing their claims, racing the releases below.
+    reconciler.stopping = True
     with trio.move_on_after(config.shutdown_grace) as scope:
         try:
             await membership.announce_leave()

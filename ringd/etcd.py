@@ -300,6 +300,16 @@ class Etcd:
     async def delete(self, key: str) -> bool:
         return await self._call("delete", lambda c: bool(c.delete(key)))
 
+    async def put_and_delete(self, put: tuple[str, bytes], delete: str) -> None:
+        """Put one key and delete another in one transaction (one round trip)."""
+        key, value = put
+
+        def fn(c: Any) -> None:
+            writes = [c.transactions.put(key, value), etcd3.transactions.Delete(delete)]
+            c.transaction(compare=[], success=writes, failure=[])
+
+        await self._call("put", fn)
+
     async def create(
         self, key: str, value: bytes, *, lease: int | None = None
     ) -> tuple[bool, KV | None]:

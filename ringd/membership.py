@@ -204,14 +204,17 @@ class Membership:
         )
         self._notify()
 
-    async def _write_status(self, status: str, reason: str) -> None:
+    def _status_value(self, status: str, reason: str) -> bytes:
         value = {
             "node": self.node,
             "status": status,
             "last_change": now_rfc3339(),
             "reason": reason,
         }
-        await self.etcd.put(self.keys.status(self.node), json.dumps(value).encode())
+        return json.dumps(value).encode()
+
+    async def _write_status(self, status: str, reason: str) -> None:
+        await self.etcd.put(self.keys.status(self.node), self._status_value(status, reason))
 
     async def _register_until_done(self) -> None:
         backoff = 0.1
@@ -336,8 +339,11 @@ class Membership:
         self._notify()
         if self.lease_id is None:
             return
-        await self._write_status("offline", "graceful leave")
-        await self.etcd.delete(self.keys.alive(self.node))
+        # One transaction: survivors see the node offline and out of the ring at once.
+        await self.etcd.put_and_delete(
+            (self.keys.status(self.node), self._status_value("offline", "graceful leave")),
+            self.keys.alive(self.node),
+        )
 
     async def leave(self) -> None:
         """Last step of a graceful leave: revoke the lease (any claim left goes with it)."""

@@ -66,3 +66,15 @@ async def test_concurrent_creates_share_transactions_and_each_gets_its_answer(
     assert results == {f"k{i}": f"v{i}".encode() for i in range(150)}
     revisions = {(await etcd.get(p + f"k{i}")).create_revision for i in range(150)}
     assert 3 <= len(revisions) < 150, "creates made together share transactions"
+
+
+async def test_put_and_delete_is_one_revision(etcd: Etcd) -> None:
+    """A graceful leave marks its status row offline and deletes its alive key in one
+    transaction: no watcher sees one without the other."""
+    p = prefix()
+    await etcd.put(p + "alive", b"1")
+    before, _ = await etcd.list(p)
+    await etcd.put_and_delete((p + "status", b"offline"), p + "alive")
+    after, kvs = await etcd.list(p)
+    assert [(kv.key, kv.value) for kv in kvs] == [(p + "status", b"offline")]
+    assert after == before + 1 == kvs[0].mod_revision
