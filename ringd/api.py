@@ -420,8 +420,8 @@ class Api:
         """The last lines, then every new line as it is written (across rotations)."""
         child = self._local(_name(args))
         path = self._log_path(child.id)
-        for line in await trio.to_thread.run_sync(tail, path, self._lines(args)):
-            yield line
+        for last in await trio.to_thread.run_sync(tail, path, self._lines(args)):
+            yield last
         position = path.stat().st_size if path.exists() else 0
         inode = path.stat().st_ino if path.exists() else None
         partial = b""

@@ -44,6 +44,7 @@ from . import metrics
 from .errors import ConfigError, EtcdUnavailable, WatchBroken
 
 if TYPE_CHECKING:
+    import builtins  # "list" is also a method of Etcd: its annotations need the type
     from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
@@ -344,12 +345,11 @@ class Etcd:
                 while self._creates:
                     batch = self._creates[: self.txn_ops]
                     del self._creates[: self.txn_ops]
+                    error: EtcdUnavailable | None = None
                     try:
                         kvs = await self.create_many([(c.key, c.value) for c in batch])
                     except EtcdUnavailable as exc:
                         kvs, error = {}, exc
-                    else:
-                        error = None
                     for c in batch:
                         c.kv, c.error = kvs.get(c.key), error
                         c.done.set()
@@ -408,7 +408,7 @@ class Etcd:
 
     async def put_many_if(
         self, items: Sequence[tuple[str, bytes, int]], *, lease: int | None = None
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Put each ``(key, value, create_revision)`` whose key still has that create
         revision, in one transaction when they all do; returns the keys written."""
         assert len(items) <= self.txn_ops, "too many keys for one transaction"
@@ -537,7 +537,7 @@ class Etcd:
         self,
         prefix: str,
         start_revision: int,
-        on_events: Callable[[list[Event], int], Awaitable[None]],
+        on_events: Callable[[builtins.list[Event], int], Awaitable[None]],
     ) -> None:
         """Call ``on_events(events, revision)`` for every change from ``start_revision``.
 

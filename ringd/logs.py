@@ -64,10 +64,12 @@ class RotatingLog:
             self._mirror(data)
 
     def _mirror(self, data: bytes) -> None:
+        prefix = self.mirror_prefix
+        assert prefix is not None
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()[-4096:]
         if lines:
-            out = b"".join(self.mirror_prefix + line + b"\n" for line in lines)
+            out = b"".join(prefix + line + b"\n" for line in lines)
             with contextlib.suppress(OSError):
                 sys.stderr.buffer.write(out)
                 sys.stderr.buffer.flush()

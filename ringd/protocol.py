@@ -17,7 +17,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator
 
 # A longer request line is a protocol error: it bounds the memory one client can pin.
 MAX_LINE = 1 << 20
@@ -110,7 +110,7 @@ class Client:
             raise Unreachable(self.path, exc.strerror or str(exc)) from None
         return sock
 
-    def stream(self, op: str, **args: Any) -> Iterator[dict[str, Any]]:
+    def stream(self, op: str, **args: Any) -> Generator[dict[str, Any], None, None]:
         """Send one request and yield every reply line until the daemon closes."""
         self._next_id += 1
         request_id = self._next_id

@@ -105,8 +105,10 @@ class Reconciler:
             known = self._node_infos.get(name)
             if known is None or known[0] != kv.mod_revision:
                 info = decode(kv)
-                labels = info.get("labels") if isinstance(info.get("labels"), dict) else {}
-                groups = info.get("groups") if isinstance(info.get("groups"), list) else []
+                labels = info.get("labels")
+                labels = labels if isinstance(labels, dict) else {}
+                groups = info.get("groups")
+                groups = groups if isinstance(groups, list) else []
                 node = NodeInfo(name, labels, frozenset(g for g in groups if isinstance(g, str)))
                 known = self._node_infos[name] = (kv.mod_revision, node)
             out[name] = known[1]
@@ -261,7 +263,7 @@ class Reconciler:
         groups = self.groups() if groups is None else groups
         if blocked := self.blocked(spec, groups):
             return blocked
-        record = groups.get(spec.group)[0] if spec.group and spec.group in groups else None
+        record = groups[spec.group][0] if spec.group and spec.group in groups else None
         return (
             self.placer.why_unplaced(spec, self.nodes() if nodes is None else nodes, record)
             or "waiting for its node to claim it"
