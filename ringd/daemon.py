@@ -147,43 +147,52 @@ async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> No
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                notifier.status(f"registering with etcd at {', '.join(endpoints)}")
-                await nursery.start(view.run)
-                await nursery.start(supervisor.run)
-                await nursery.start(membership.run)
-                await nursery.start(reconciler.run)
-                await nursery.start(control.run)
-                nursery.start_soon(
-                    functools.partial(
-                        figures.publish,
-                        etcd=etcd,
-                        keys=keys,
-                        node=config.name,
-                        supervisor=supervisor,
-                        membership=membership,
-                        interval=config.figures_interval,
-                    )
-                )
-                if config.hooks_dir:
-                    hooks = Hooks(
-                        directory=config.hooks_dir,
-                        timeout=config.hook_timeout,
-                        node=config.name,
-                        cluster=config.cluster,
-                        view=view,
-                        keys=keys,
-                    )
-                    await nursery.start(hooks.run)
-                logger.info(
-                    "ringd %s ready: node %s, cluster %s, socket %s",
-                    os.getpid(), config.name, config.cluster, config.socket,
-                )  # fmt: skip
-                notifier.ready(serving)  # registered in etcd and serving the socket
-                if notifier.enabled:  # systemd arms the watchdog at READY=1
-                    nursery.start_soon(notifier.run, status)
+                # Start-up runs beside the signal receiver: with etcd unreachable it
+                # may wait for ever, and SIGTERM must still end the daemon.
+                starting = trio.CancelScope()
+
+                async def start_up() -> None:
+                    with starting:
+                        notifier.status(f"registering with etcd at {', '.join(endpoints)}")
+                        await nursery.start(view.run)
+                        await nursery.start(supervisor.run)
+                        await nursery.start(membership.run)
+                        await nursery.start(reconciler.run)
+                        await nursery.start(control.run)
+                        nursery.start_soon(
+                            functools.partial(
+                                figures.publish,
+                                etcd=etcd,
+                                keys=keys,
+                                node=config.name,
+                                supervisor=supervisor,
+                                membership=membership,
+                                interval=config.figures_interval,
+                            )
+                        )
+                        if config.hooks_dir:
+                            hooks = Hooks(
+                                directory=config.hooks_dir,
+                                timeout=config.hook_timeout,
+                                node=config.name,
+                                cluster=config.cluster,
+                                view=view,
+                                keys=keys,
+                            )
+                            await nursery.start(hooks.run)
+                        logger.info(
+                            "ringd %s ready: node %s, cluster %s, socket %s",
+                            os.getpid(), config.name, config.cluster, config.socket,
+                        )  # fmt: skip
+                        notifier.ready(serving)  # registered in etcd and serving the socket
+                        if notifier.enabled:  # systemd arms the watchdog at READY=1
+                            nursery.start_soon(notifier.run, status)
+
+                nursery.start_soon(start_up)
                 async for signum in signals:
                     logger.info("%s: leaving the cluster", signal.Signals(signum).name)
                     break
+                starting.cancel()  # if still starting: stop there and leave
                 notifier.stopping("leaving the cluster: stopping children, releasing claims")
                 await _leave(config, reconciler, membership)
                 nursery.cancel_scope.cancel()

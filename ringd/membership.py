@@ -196,6 +196,10 @@ class Membership:
             reason = "restarted (the previous daemon ended without leaving)"
         else:
             reason = "joined"
+        if self.leaving:
+            # The leave began while we registered: its 'offline' row stands, and
+            # leave() revokes the lease just granted (the alive key goes with it).
+            return
         await self._write_status("online", reason)
         self.fenced = False
         self._registered_once = True
@@ -222,7 +226,7 @@ class Membership:
         # retry at most every TTL / 4 (jittered), not 5 s, so that they are back
         # within TTL + a little of etcd's return.
         max_backoff = min(5.0, self.config.lease_ttl / 4)
-        while True:
+        while not self.leaving:  # a node on its way out does not register again
             try:
                 await self._register()
                 return

@@ -229,3 +229,17 @@ async def test_late_keepalive_replies_do_not_add_up_to_a_fence(etcd_url: str) ->
     finally:
         await etcd.revoke(lease)
         etcd.close()
+
+
+def test_sigterm_ends_a_daemon_still_waiting_for_etcd(cluster: Cluster) -> None:
+    """With etcd unreachable the daemon never finishes starting; SIGTERM must still
+    end it (it was ignored until start-up completed: only SIGKILL worked, and under
+    systemd a failed start cost the whole start and stop timeouts)."""
+    # Port 1 on loopback: nothing listens there, connections are refused at once.
+    d = cluster.daemon("n1", etcd="http://127.0.0.1:1", start=False).start(wait=False)
+    wait_until(lambda: "cannot list cluster state" in d.log.read_text(), 20, "a failed etcd read")
+    stopped = time.monotonic()
+    assert d.stop(timeout=15) == 0, d.log.read_text()[-3000:]
+    took = time.monotonic() - stopped
+    assert "SIGTERM: leaving the cluster" in d.log.read_text()
+    print(f"\nSIGTERM while waiting for etcd: exited after {took:.2f} s")
