@@ -6,13 +6,18 @@ daemon's stderr (the journal, under systemd) with the child's id as a prefix.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+logger = logging.getLogger(__name__)
+_WARN_EVERY = 60.0  # seconds between warnings about one log that cannot be written
 
 
 class RotatingLog:
@@ -32,6 +37,8 @@ class RotatingLog:
         self.mirror_prefix = mirror_prefix.encode() if mirror_prefix is not None else None
         self._size: int | None = None
         self._partial = b""  # mirror: the unfinished last line
+        self._dropped = 0  # bytes lost to failed writes since the last warning
+        self._warned = -_WARN_EVERY
 
     def _current_size(self) -> int:
         if self._size is None:
@@ -53,6 +60,26 @@ class RotatingLog:
         self._size = 0
 
     def write(self, data: bytes) -> None:
+        """Append ``data``. A failed write (disk full, directory removed) loses that
+        data and never raises: the child and the daemon go on (a warning at most
+        once a minute per log says how much was lost)."""
+        try:
+            self._write(data)
+        except OSError as exc:
+            self._size = None  # unknown now: read it again on the next write
+            self._dropped += len(data)
+            now = time.monotonic()
+            if now - self._warned >= _WARN_EVERY:
+                logger.warning(
+                    "cannot write %s (%s): %d bytes of output lost", self.path, exc, self._dropped
+                )
+                self._warned, self._dropped = now, 0
+            with contextlib.suppress(OSError):
+                self.path.parent.mkdir(parents=True, exist_ok=True)  # removed: back next time
+        if self.mirror_prefix is not None:
+            self._mirror(data)
+
+    def _write(self, data: bytes) -> None:
         if len(data) > self.max_bytes:
             data = data[-self.max_bytes :]  # keep the newest output
         if self._current_size() + len(data) > self.max_bytes:
@@ -60,8 +87,6 @@ class RotatingLog:
         with open(self.path, "ab") as f:
             f.write(data)
         self._size = self._current_size() + len(data)
-        if self.mirror_prefix is not None:
-            self._mirror(data)
 
     def _mirror(self, data: bytes) -> None:
         prefix = self.mirror_prefix

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 import trio
 
 from ringd.intensity import Intensity
+from ringd.logs import RotatingLog
 from ringd.spec import ChildSpec, GroupSpec
 from ringd.supervisor import Child, LocalGroup, State, Supervisor, restart_wanted
 
@@ -369,3 +371,27 @@ async def test_one_task_watches_every_child_without_leaking_descriptors(h: Harne
     await h.sup.stop_all()
     await until(lambda: len(h.sup.io) == 0, what="every descriptor closed")
     assert len(os.listdir("/proc/self/fd")) <= fds_before
+
+
+async def test_a_log_that_cannot_be_written_loses_output_not_the_daemon(h: Harness) -> None:
+    """The logs directory removed under a chatty child: its output is lost until the
+    directory is back (re-created at the next write), and nothing else happens (an
+    OSError from the write used to end ChildIO's task, and with it the daemon)."""
+    child = h.start("chatty", ["sh", "-c", "while :; do echo tick; sleep 0.02; done"])
+    log = h.sup.log_path("chatty")
+    await until(lambda: log.exists() and "tick" in log.read_text(), what="output logged")
+    shutil.rmtree(log.parent)
+    await until(lambda: log.exists() and "tick" in log.read_text(), what="the log back")
+    assert child.state == State.RUNNING and child.pid is not None
+    assert len(h.sup.io) == 2, "its pipe and pidfd still watched"
+
+
+def test_failed_log_writes_warn_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("")  # where its directory should be: every write fails
+    log = RotatingLog(tmp_path / "file" / "x.log", max_bytes=1024, backups=1)
+    for _ in range(3):
+        log.write(b"lost\n")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "5 bytes of output lost" in warnings[0], warnings
