@@ -74,6 +74,8 @@ def _check(spec: ChildSpec) -> None:
             raise InvalidSpec(f"env.{key}", "must not contain NUL")
     if spec.cwd is not None and not os.path.isabs(spec.cwd):
         raise InvalidSpec("cwd", f"{spec.cwd!r} is not an absolute path")
+    if spec.cwd is not None and "\0" in spec.cwd:
+        raise InvalidSpec("cwd", "must not contain NUL")
     try:
         signal_number(spec.stop_signal)
     except ValueError as exc:

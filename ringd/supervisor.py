@@ -434,23 +434,35 @@ class Supervisor:
             child.state, child.reason = State.STOPPED, "node fenced"
             self.on_change(child)
             return False
-        read_fd, write_fd = os.pipe()
+        read_fd = write_fd = -1
+        pid = None
         try:
+            read_fd, write_fd = os.pipe()
             pid = self._spawn(child, write_fd)
-        except OSError as exc:
-            os.close(read_fd)
+            os.close(write_fd)
+            write_fd = -1
+            child.exited = trio.Event()
+            self.io.watch(pid, read_fd, child.log, lambda status: self._exited(child, pid, status))
+        except Exception as exc:
+            # No descriptors (EMFILE), a program that cannot run, or anything else the
+            # spawn refuses: the child fails here; neither a descriptor nor the
+            # daemon goes with it (this is also called from a restart's task).
+            for fd in (read_fd, write_fd):
+                if fd >= 0:
+                    os.close(fd)
+            if pid is not None:  # spawned but not watched: it must not run unseen
+                kill_group(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             child.state = State.FAILED
-            child.reason = f"cannot start {child.spec.argv[0]!r}: {exc.strerror or exc}"
+            child.reason = f"cannot start {child.spec.argv[0]!r}: {reason}"
             logger.error("child %s: %s", child.id, child.reason)
             self.on_change(child)
             return False
-        finally:
-            os.close(write_fd)
         child.pid = pid
         child.started_at = time.time()
         child.state = State.RUNNING
-        child.exited = trio.Event()
-        self.io.watch(pid, read_fd, child.log, lambda status: self._exited(child, pid, status))
         self.on_change(child)
         return True
 

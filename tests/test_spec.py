@@ -38,6 +38,7 @@ def test_defaults() -> None:
         ({"id": "a", "argv": ["x"], "env": {"RINGD_NODE": "x"}}, "env.RINGD_NODE"),
         ({"id": "a", "argv": ["x"], "env": {"A": 1}}, "env[...]"),
         ({"id": "a", "argv": ["x"], "cwd": "relative"}, "cwd"),
+        ({"id": "a", "argv": ["x"], "cwd": "/tmp/a\0b"}, "cwd"),
         ({"id": "a", "argv": ["x"], "group": "bad group"}, "group"),
         ({"id": "a", "argv": ["x"], "max_restarts": -1}, "max_restarts"),
         ({"id": "a", "argv": ["x"], "max_seconds": 0}, "max_seconds"),

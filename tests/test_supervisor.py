@@ -3,6 +3,7 @@ strategies, intensity and escalation, restart delay, shutdown, logs."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import resource
@@ -395,3 +396,27 @@ def test_failed_log_writes_warn_once_a_minute(
         log.write(b"lost\n")
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "5 bytes of output lost" in warnings[0], warnings
+
+
+async def test_a_spawn_that_cannot_be_watched_fails_the_child_and_kills_it(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors after the spawn (EMFILE from pidfd_open): the process just
+    spawned is killed (it must not run unseen), the child is failed with the reason,
+    and the caller (a restart's task, a reconcile pass) gets no exception."""
+    spawned: list[int] = []
+    spawn = h.sup._spawn
+
+    def spawn_and_remember(child: Child, out: int) -> int:
+        spawned.append(spawn(child, out))
+        return spawned[-1]
+
+    def no_descriptors(*args: object) -> None:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(h.sup, "_spawn", spawn_and_remember)
+    monkeypatch.setattr(h.sup.io, "watch", no_descriptors)
+    child = h.start("unwatched", SLEEP)
+    assert child.state == State.FAILED and child.pid is None
+    assert "Too many open files" in child.reason
+    assert len(spawned) == 1 and not psutil.pid_exists(spawned[0]), "killed and reaped"
