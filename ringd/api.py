@@ -381,12 +381,18 @@ class Api:
 
     async def terminate_child(self, args: dict[str, Any]) -> dict[str, Any]:
         child = self._local(_name(args))
-        await self.supervisor.terminate(child.id)
+        try:
+            await self.supervisor.terminate(child.id)
+        except KeyError:  # stopped here (moved, deleted) while this waited
+            raise NotFound("child", child.id) from None
         return {**child.info(), "node": self.config.name}
 
     async def restart_child(self, args: dict[str, Any]) -> dict[str, Any]:
         child = self._local(_name(args))
-        await self.supervisor.restart(child.id)
+        try:
+            await self.supervisor.restart(child.id)
+        except KeyError:  # stopped here (moved, deleted) while this waited
+            raise NotFound("child", child.id) from None
         return {**child.info(), "node": self.config.name}
 
     async def signal_child(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -54,11 +54,15 @@ class Handoff:
         return path
 
     async def store(self, key: str) -> None:
-        """Put the stopped instance's file in etcd (too big: logged, not stored)."""
+        """Put the stopped instance's file in etcd (too big or unreadable: logged, not
+        stored; the move goes on, as a graceful leave must)."""
         path = self.path(key)
         try:
             data = await trio.to_thread.run_sync(path.read_bytes)
         except FileNotFoundError:
+            return
+        except OSError as exc:  # made a directory, unreadable, ...: the child's doing
+            logger.error("handoff state of %s cannot be read (%s): not handed off", key, exc)
             return
         if len(data) > self.max_bytes:
             logger.error(

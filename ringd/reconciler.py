@@ -389,12 +389,16 @@ class Reconciler:
         claimed = await self._claim(key for key, _ in wanted) if wanted else {}
         for key, instance in wanted:  # in start order, whatever order the claims came in
             claim = claimed.get(key)
-            if claim is None or not self.membership.may_run():
+            if claim is None:
                 continue
             spec = instance.spec
             env = {"RINGD_ROLE": instance.role, "RINGD_REPLICA": str(instance.replica)}
             if spec.handoff:
                 env["RINGD_HANDOFF_FILE"] = str(await self.handoff.restore(key))
+            # Checked after that await too: a fence and a new lease meanwhile mean
+            # the claim went with the old lease, and another node may hold it now.
+            if not self.membership.may_run() or self.membership.lease_id != lease:
+                continue
             group = groups[spec.group][0].spec if spec.group else None
             self.supervisor.start(spec, key=key, fence=claim.create_revision, group=group, env=env)
 

@@ -355,6 +355,7 @@ class Supervisor:
         """Stop a child but keep it here, stopped, until ``restart`` (OTP terminate_child)."""
         child = self.children[child_id]
         async with child.group.lock:
+            self._still_supervised(child)
             child.terminated = True
             await self._terminate_process(child)
             child.state, child.reason = State.STOPPED, "terminated by operator"
@@ -365,11 +366,23 @@ class Supervisor:
         """Start a terminated, stopped or failed child again; restart a running one."""
         child = self.children[child_id]
         async with child.group.lock:
+            self._still_supervised(child)
             await self._terminate_process(child)
             child.terminated = False
             child.reason = ""
             self._launch(child)
         return child
+
+    def _still_supervised(self, child: Child) -> None:
+        """After waiting for its group's lock: the child may have been stopped and
+        forgotten meanwhile (moved, deleted), its claim released. Starting it then
+        would run a process nobody tracks, without a claim.
+
+        Raises:
+            KeyError: it is gone.
+        """
+        if self.children.get(child.key) is not child:
+            raise KeyError(child.key)
 
     def signal(self, child_id: str, signum: int) -> Child:
         child = self.children[child_id]
@@ -502,8 +515,8 @@ class Supervisor:
     async def _handle_exit(self, child: Child, status: int) -> None:
         group = child.group
         async with group.lock:
-            if child.stopping or child.id not in self.children:
-                return
+            if child.stopping or self.children.get(child.id) is not child:
+                return  # stopped meanwhile (perhaps another instance under the same key)
             if not restart_wanted(child.spec.restart, status):
                 child.state, child.reason = State.STOPPED, child.last_exit
                 self.on_change(child)

@@ -1,15 +1,21 @@
 """Multi-key transactions of the etcd facade, against a real etcd: claims made,
-published and released many at a time, and start-child creates that share one
-transaction when they come together."""
+published and released many at a time, start-child creates that share one
+transaction when they come together; and handoff state stored in etcd."""
 
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 from ringd.etcd import Etcd
+from ringd.handoff import Handoff
+from ringd.keys import Keys
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.fixture
@@ -78,3 +84,17 @@ async def test_put_and_delete_is_one_revision(etcd: Etcd) -> None:
     after, kvs = await etcd.list(p)
     assert [(kv.key, kv.value) for kv in kvs] == [(p + "status", b"offline")]
     assert after == before + 1 == kvs[0].mod_revision
+
+
+async def test_unreadable_handoff_state_is_skipped_not_raised(
+    etcd: Etcd, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child that made its handoff file a directory (or unreadable) loses its state;
+    the move, or the graceful leave storing it, goes on (it raised and cut the leave
+    short: children SIGKILLed, claims left to the lease)."""
+    keys = Keys(prefix())
+    handoff = Handoff(etcd=etcd, keys=keys, directory=tmp_path)
+    handoff.path("c1").mkdir(parents=True)
+    await handoff.store("c1")
+    assert await etcd.get(keys.handoff("c1")) is None
+    assert "handoff state of c1 cannot be read" in caplog.text

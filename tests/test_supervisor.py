@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 import trio
+import trio.testing
 
 from ringd.intensity import Intensity
 from ringd.logs import RotatingLog
@@ -420,3 +421,23 @@ async def test_a_spawn_that_cannot_be_watched_fails_the_child_and_kills_it(
     assert child.state == State.FAILED and child.pid is None
     assert "Too many open files" in child.reason
     assert len(spawned) == 1 and not psutil.pid_exists(spawned[0]), "killed and reaped"
+
+
+async def test_restart_waiting_on_a_stop_does_not_bring_the_child_back(
+    h: Harness, nursery: trio.Nursery
+) -> None:
+    """restart-child that waited for the group lock while the child was being
+    stopped for good (a move, a delete: its claim released next) must not start it:
+    that process would run without a claim, tracked by nobody."""
+    argv = ["sh", "-c", f"trap '' TERM; echo $$ >> {h.tmp / 'slow'}; exec sleep 600"]
+    h.start("slow", argv, stop_timeout=0.5)  # ignores SIGTERM: the stop holds the lock
+    await until(lambda: h.starts("slow") == 1, what="started")
+    nursery.start_soon(h.sup.stop, "slow")
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(KeyError):
+        await h.sup.restart("slow")
+    with pytest.raises(KeyError):
+        await h.sup.terminate("slow")
+    assert "slow" not in h.sup.children
+    await trio.sleep(0.2)
+    assert h.starts("slow") == 1, "not started again"
