@@ -55,6 +55,39 @@ def decode(kv: KV | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def pid_namespace() -> str:
+    """Where a pid names one process: this boot of this kernel, this PID namespace.
+    Hostnames repeat (cloned machines, containers), so they cannot say it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""  # unknown: never taken for the same place
+
+
+def is_dead_incarnation(alive: dict[str, Any]) -> bool:
+    """True if ``alive`` (a node's alive record) is of a daemon in this very PID
+    namespace (same boot, same namespace), now dead with all its children: its
+    lease can be revoked instead of waited out. Anything else (another machine,
+    another container, a record without the namespace) is waited out: revoking a
+    live daemon's lease would let its children run twice."""
+    here = pid_namespace()
+    if not here or alive.get("pid_namespace") != here:
+        return False
+    pid = alive.get("pid")
+    try:
+        # Same start time: that daemon runs still (its pid was not reused).
+        running = isinstance(pid, int) and start_time(pid) == alive.get("pid_start")
+    except OSError:
+        running = False
+    if running:
+        return False
+    from .guard import instance_pids
+
+    return not instance_pids(str(alive.get("instance", "-")))
+
+
 class Membership:
     """Registers this node, keeps its lease, tracks the other nodes, fences.
 
@@ -117,6 +150,7 @@ class Membership:
             {
                 "node": self.node,
                 "host": socket.gethostname(),
+                "pid_namespace": pid_namespace(),
                 "pid": os.getpid(),
                 "pid_start": start_time(os.getpid()),
                 "instance": self.instance,
@@ -127,23 +161,6 @@ class Membership:
                 "lease": self.lease_id,
             }
         ).encode()
-
-    def _is_dead_incarnation(self, alive: dict[str, Any]) -> bool:
-        """True if ``alive`` is an earlier daemon of this node on this host, now dead
-        with all its children: its lease can be revoked instead of waited out."""
-        if alive.get("host") != socket.gethostname():
-            return False
-        pid = alive.get("pid")
-        try:
-            # Same start time: that daemon runs still (its pid was not reused).
-            running = isinstance(pid, int) and start_time(pid) == alive.get("pid_start")
-        except OSError:
-            running = False
-        if running:
-            return False
-        from .guard import instance_pids
-
-        return not instance_pids(str(alive.get("instance", "-")))
 
     async def _register(self) -> None:
         """Take ``nodes/<me>/alive`` under a new lease and mark this node online."""
@@ -159,7 +176,7 @@ class Membership:
                     logger.info("revoking this daemon's lease from before it fenced")
                     await self.etcd.revoke(existing.lease)
                     continue
-                if existing.lease and self._is_dead_incarnation(old):
+                if existing.lease and is_dead_incarnation(old):
                     logger.info(
                         "revoking the lease of this node's dead predecessor (pid %s)",
                         old.get("pid"),

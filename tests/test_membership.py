@@ -4,6 +4,7 @@ stream, and node_update hooks."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 import threading
 import time
@@ -14,8 +15,9 @@ import trio
 
 from ringd.config import Config
 from ringd.etcd import Etcd
+from ringd.figures import start_time
 from ringd.keys import Keys
-from ringd.membership import Membership
+from ringd.membership import Membership, is_dead_incarnation, pid_namespace
 from ringd.protocol import Client, RemoteError
 from ringd.view import ClusterView
 
@@ -243,3 +245,30 @@ def test_sigterm_ends_a_daemon_still_waiting_for_etcd(cluster: Cluster) -> None:
     took = time.monotonic() - stopped
     assert "SIGTERM: leaving the cluster" in d.log.read_text()
     print(f"\nSIGTERM while waiting for etcd: exited after {took:.2f} s")
+
+
+def test_dead_incarnation_only_in_this_pid_namespace() -> None:
+    """A node's previous daemon may have its lease revoked only if it ran where its
+    pid means something here (same boot, same PID namespace), is dead, and left no
+    process behind; a same-named host elsewhere is waited out."""
+    here = pid_namespace()
+    assert here and here.count("/") == 1 and "pid:[" in here
+    dead = {"pid_namespace": here, "pid": 2**22 + 7, "pid_start": 1, "instance": "gone-x"}
+    assert is_dead_incarnation(dead)
+    assert not is_dead_incarnation({**dead, "pid_namespace": "other-boot/pid:[1]"})
+    assert not is_dead_incarnation({k: v for k, v in dead.items() if k != "pid_namespace"})
+    me = {**dead, "pid": os.getpid(), "pid_start": start_time(os.getpid())}
+    assert not is_dead_incarnation(me), "a running daemon"
+
+
+def test_a_killed_daemon_restarted_takes_its_node_back_at_once(cluster: Cluster) -> None:
+    """SIGKILL, then start again on the same machine: the new daemon finds its
+    predecessor dead (and its children killed by the guard) and revokes its lease
+    instead of waiting out the TTL (30 s here)."""
+    d = cluster.daemon("n1", ttl=30)
+    d.kill()
+    restarted = time.monotonic()
+    d.start()
+    took = time.monotonic() - restarted
+    assert took < 15, f"waited {took:.1f} s: the predecessor's lease was waited out"
+    assert "revoking the lease of this node's dead predecessor" in d.log.read_text()
