@@ -114,6 +114,30 @@ _HINTS = {
 }
 
 
+# The channel itself is in doubt (or, for UNAUTHENTICATED, its auth token: only a
+# new client authenticates again). Other answers (a lease not found, a full
+# database, permission denied) come over a working channel: dropping it would
+# also break the watch and the keepalives that share it.
+_CHANNEL_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNAUTHENTICATED,
+}
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether a failed call means the client must be built anew (next endpoint)."""
+    if isinstance(exc, ValueError):
+        return True  # the channel is closed
+    rpc = exc if isinstance(exc, grpc.RpcError) else exc.__context__
+    if not isinstance(rpc, grpc.RpcError) or not hasattr(rpc, "code"):
+        return True  # etcd3's own connection errors, and anything unexplained
+    return rpc.code() in _CHANNEL_CODES
+
+
 def describe(exc: BaseException) -> str:
     """One line saying why an etcd call failed, with a hint when it is a setting.
 
@@ -177,6 +201,9 @@ class Etcd:
         self._password = password
         self._index = 0
         self._client: Any = None
+        # Worker threads build the client: one at a time, or each would build its own
+        # after a drop and all but one would leak their channel (never closed).
+        self._client_lock = threading.Lock()
         # etcd calls run in threads of their own, never queued behind other thread
         # work of the daemon (a child's /proc sweep on stop, log tails): when 100
         # children moved at once, their sweeps filled trio's default 40 threads and
@@ -222,19 +249,21 @@ class Etcd:
 
     def _client_now(self) -> Any:
         # Runs in a worker thread: building a client may authenticate (a round trip).
-        client = self._client
-        if client is None:
-            client = self._client = self._new_client()
-        return client
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._new_client()
+            return self._client
 
     def _drop_client(self, client: Any) -> None:
-        if self._client is client and client is not None:
+        with self._client_lock:
+            if self._client is not client or client is None:
+                return
             self._client = None
             self._index = (self._index + 1) % len(self.endpoints)
-            try:
-                client.close()
-            except Exception:  # closing a broken channel may raise; it is gone anyway
-                logger.debug("closing etcd client", exc_info=True)
+        try:
+            client.close()
+        except Exception:  # closing a broken channel may raise; it is gone anyway
+            logger.debug("closing etcd client", exc_info=True)
 
     async def _call(
         self, op: str, fn: Callable[[Any], T], *, limiter: trio.CapacityLimiter | None = None
@@ -271,7 +300,8 @@ class Etcd:
             ValueError,  # "Cannot invoke RPC on closed channel!"
         ) as exc:
             endpoint = self.endpoint
-            self._drop_client(box[0] if box else self._client)
+            if _connection_lost(exc):
+                self._drop_client(box[0] if box else self._client)
             raise EtcdUnavailable(endpoint, describe(exc)) from exc
 
     def close(self) -> None:

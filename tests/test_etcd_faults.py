@@ -3,11 +3,16 @@ the other users of the same client."""
 
 from __future__ import annotations
 
+from ringd import etcdpb  # noqa: F401 - before etcd3 (see ringd.etcdpb)
+
+# isort: split
+import etcd3.exceptions
+import grpc
 import pytest
 import trio
 
-from ringd.errors import WatchBroken
-from ringd.etcd import Etcd
+from ringd.errors import EtcdUnavailable, WatchBroken
+from ringd.etcd import Etcd, _connection_lost
 
 
 async def test_watch_on_a_client_another_task_just_closed_is_a_broken_watch(
@@ -95,3 +100,49 @@ async def test_a_watch_that_ends_while_events_still_arrive_does_not_crash_trio(
         writer.delete_prefix(prefix)
         writer.close()
     assert seen > 0
+
+
+async def test_an_answer_over_a_working_channel_keeps_the_client(etcd_url: str) -> None:
+    """etcd refusing a request (here a put under a lease that does not exist) says
+    nothing about the connection: the client, and the watch and keepalives sharing
+    it, stay; only connection-level failures build a new one."""
+    etcd = Etcd([etcd_url])
+    try:
+        client = await etcd._call("get_client", lambda c: c)
+        with pytest.raises(EtcdUnavailable, match="lease not found"):
+            await etcd.put("/ringd-test/nolease", b"x", lease=0x7EADBEEF)
+        assert await etcd._call("get_client", lambda c: c) is client
+    finally:
+        etcd.close()
+
+
+class _Rpc(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+
+@pytest.mark.parametrize(
+    ("code", "lost"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, True),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, True),
+        (grpc.StatusCode.UNAUTHENTICATED, True),  # a new client authenticates again
+        (grpc.StatusCode.NOT_FOUND, False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, False),
+        (grpc.StatusCode.PERMISSION_DENIED, False),
+        (grpc.StatusCode.INVALID_ARGUMENT, False),
+    ],
+)
+def test_which_failures_drop_the_client(code: grpc.StatusCode, lost: bool) -> None:
+    assert _connection_lost(_Rpc(code)) is lost
+    try:  # as etcd3 raises them: its own exception, the gRPC error as the context
+        try:
+            raise _Rpc(code)
+        except grpc.RpcError:
+            raise etcd3.exceptions.ConnectionFailedError() from None
+    except etcd3.exceptions.Etcd3Exception as exc:
+        assert _connection_lost(exc) is lost
+    assert _connection_lost(ValueError("Cannot invoke RPC on closed channel!"))
