@@ -25,7 +25,7 @@ from .protocol import MAX_BATCH
 from .spec import NAME_PATTERN, GroupRecord, encode, parse_child, parse_group, signal_number
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncGenerator, Callable
 
     from .config import Config
     from .etcd import Etcd
@@ -107,7 +107,7 @@ class Api:
             "forget_node": self.forget_node,
         }
 
-    def streams(self) -> dict[str, Callable[[dict[str, Any]], AsyncIterator[Any]]]:
+    def streams(self) -> dict[str, Callable[[dict[str, Any]], AsyncGenerator[Any, None]]]:
         return {"logs_follow": self.logs_follow, "watch": self.watch}
 
     async def _wait_for(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -422,7 +422,7 @@ class Api:
         lines = await trio.to_thread.run_sync(tail, self._log_path(child.id), self._lines(args))
         return {"id": child.id, "node": self.config.name, "lines": lines}
 
-    async def logs_follow(self, args: dict[str, Any]) -> AsyncIterator[Any]:
+    async def logs_follow(self, args: dict[str, Any]) -> AsyncGenerator[Any, None]:
         """The last lines, then every new line as it is written (across rotations)."""
         child = self._local(_name(args))
         path = self._log_path(child.id)
@@ -489,7 +489,7 @@ class Api:
         await self.etcd.delete(self.keys.drain(node))
         return {"node": node, "forgotten": True}
 
-    async def watch(self, args: dict[str, Any]) -> AsyncIterator[Any]:
+    async def watch(self, args: dict[str, Any]) -> AsyncGenerator[Any, None]:
         """Stream node_update and child events as they happen (``what``: nodes, children, all)."""
         what = args.get("what", "all")
         if what not in ("nodes", "children", "all"):

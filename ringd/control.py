@@ -12,8 +12,9 @@ import grp
 import json
 import logging
 import os
+import select
 import socket as stdsocket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 # A streaming handler yields events until the client goes away.
-StreamHandler = Callable[[dict[str, Any]], AsyncIterator[Any]]
+StreamHandler = Callable[[dict[str, Any]], AsyncGenerator[Any, None]]
+_HANG_UP_POLL = 1.0  # seconds between looks at a half-closed stream's socket
 
 
 async def read_lines(stream: trio.abc.ReceiveStream, max_line: int) -> AsyncIterator[bytes]:
@@ -144,33 +146,61 @@ class ControlServer:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(data)
 
+    async def _stream_events(
+        self, stream: trio.SocketStream, request_id: Any, events: AsyncGenerator[Any, None]
+    ) -> None:
+        """Send each event of a stream op until it ends or the client hangs up.
+
+        A quiet stream (a watch of a calm cluster, the log of a silent child) sends
+        nothing for hours: without looking, a client that went away would be noticed
+        only at the next event, holding one of the connection slots until then."""
+        async with contextlib.aclosing(events), trio.open_nursery() as nursery:
+            nursery.start_soon(self._cancel_on_hang_up, stream, nursery.cancel_scope)
+            async for event in events:
+                await stream.send_all(
+                    protocol.encode({"id": request_id, "ok": True, "event": event})
+                )
+            nursery.cancel_scope.cancel()
+
+    @staticmethod
+    async def _cancel_on_hang_up(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        # Whatever the client sends after a stream request is ignored. End of input
+        # may be a half-close (it still reads: "send, shutdown, read" is a fair way
+        # to talk) or a hang-up; only a hang-up sets POLLHUP on a Unix socket.
+        while await stream.receive_some(4096):
+            pass
+        poller = select.poll()
+        poller.register(stream.socket.fileno(), select.POLLHUP)
+        while not poller.poll(0):  # noqa: ASYNC110 - a hang-up has no event to wait on
+            await trio.sleep(_HANG_UP_POLL)
+        scope.cancel()
+
     async def _conversation(self, stream: trio.SocketStream) -> None:
-        async for line in read_lines(stream, self.max_line):
-            if not line.strip():
-                continue
-            request_id: Any = None
-            try:
-                request_id, op, args = _parse(line)
-                if op in self.streams:
-                    async for event in self.streams[op](args):
-                        await stream.send_all(
-                            protocol.encode({"id": request_id, "ok": True, "event": event})
-                        )
-                    return
-                handler = self.handlers.get(op)
-                if handler is None:
-                    raise ProtocolError(f"unknown op {op!r}")
-                # A few at a time: a crowd of heavy requests (which-children of
-                # thousands) must not hold the event loop so long that this node's
-                # keepalives miss their deadline and it fences itself. Encoding the
-                # reply is part of the work.
-                async with self._busy:
-                    reply = protocol.ok(request_id, await handler(args))
-            except RingdError as exc:
-                reply = protocol.error(request_id, exc.code, str(exc))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise
-            except Exception as exc:
-                logger.exception("control op failed")
-                reply = protocol.error(request_id, "internal", f"internal error: {exc!r}")
-            await stream.send_all(reply)
+        # Closed here, not by the garbage collector, when a stream op ends the talk.
+        async with contextlib.aclosing(read_lines(stream, self.max_line)) as lines:
+            async for line in lines:
+                if not line.strip():
+                    continue
+                request_id: Any = None
+                try:
+                    request_id, op, args = _parse(line)
+                    if op in self.streams:
+                        await self._stream_events(stream, request_id, self.streams[op](args))
+                        return
+                    handler = self.handlers.get(op)
+                    if handler is None:
+                        raise ProtocolError(f"unknown op {op!r}")
+                    # A few at a time: a crowd of heavy requests (which-children of
+                    # thousands) must not hold the event loop so long that this node's
+                    # keepalives miss their deadline and it fences itself. Encoding the
+                    # reply is part of the work.
+                    async with self._busy:
+                        reply = protocol.ok(request_id, await handler(args))
+                except RingdError as exc:
+                    reply = protocol.error(request_id, exc.code, str(exc))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise
+                except Exception as exc:
+                    logger.exception("control op failed")
+                    reply = protocol.error(request_id, "internal", f"internal error: {exc!r}")
+                await stream.send_all(reply)

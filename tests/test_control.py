@@ -1,5 +1,5 @@
 """The control socket against a real daemon: bad input gets a clear error, and the
-daemon keeps serving (DESIGN invariant 6)."""
+daemon keeps serving (DESIGN invariant 6); and the server's connection slots."""
 
 from __future__ import annotations
 
@@ -9,12 +9,18 @@ import stat
 from typing import TYPE_CHECKING
 
 import pytest
+import trio
+import trio.testing
 
+from ringd.control import ControlServer
 from ringd.protocol import MAX_LINE, RemoteError
 
 from .helpers import exchange, wait_until
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+    from pathlib import Path
+
     from .conftest import Cluster
 
 
@@ -163,3 +169,53 @@ def test_a_bad_wait_timeout_stores_nothing(cluster: Cluster, op: str, args: dict
     assert info.value.code == "invalid"
     assert info.value.message.startswith("timeout:")
     assert node.call("which_children") == []
+
+
+async def _request(path: str, op: str) -> trio.SocketStream:
+    client = await trio.open_unix_socket(path)
+    await client.send_all(json.dumps({"id": 1, "op": op, "args": {}}).encode() + b"\n")
+    return client
+
+
+async def test_a_client_hanging_up_on_a_quiet_stream_frees_its_connection(
+    short_tmp: Path, nursery: trio.Nursery
+) -> None:
+    """A stream that says nothing for hours (a watch of a calm cluster) must notice
+    its client hang up: with a slot held per abandoned stream, 128 of them (a cron
+    job's `timeout 5 ringctl watch`) left the daemon answering "busy" for good.
+    A half-close is not a hang-up: that client still reads its events."""
+    said = trio.Event()
+
+    async def quiet(args: dict) -> AsyncGenerator[dict, None]:
+        await said.wait()
+        yield {"said": True}
+        await trio.sleep_forever()
+
+    async def ping(args: dict) -> dict:
+        return {"pong": True}
+
+    path = str(short_tmp / "c.sock")
+    server = ControlServer(path, {"ping": ping}, {"quiet": quiet}, max_connections=1)
+    await nursery.start(server.run)
+
+    gone = await _request(path, "quiet")
+    await trio.testing.wait_all_tasks_blocked()
+    await gone.aclose()
+    with trio.fail_after(5):  # noticed within one look at the socket (1 s)
+        while True:
+            client = await _request(path, "ping")
+            reply = json.loads(await client.receive_some(4096))
+            await client.aclose()
+            if reply["ok"]:
+                break
+            assert reply["error"]["code"] == "busy"
+            await trio.sleep(0.1)
+
+    reader = await _request(path, "quiet")
+    await reader.send_eof()  # half-close: done sending, still reading
+    await trio.sleep(1.5)  # past a look at the socket: still connected
+    said.set()
+    with trio.fail_after(5):
+        event = json.loads(await reader.receive_some(4096))
+    assert event["event"] == {"said": True}
+    await reader.aclose()
