@@ -14,7 +14,7 @@ import logging
 import os
 import select
 import socket as stdsocket
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ StreamHandler = Callable[[dict[str, Any]], AsyncGenerator[Any, None]]
 _HANG_UP_POLL = 1.0  # seconds between looks at a half-closed stream's socket
 
 
-async def read_lines(stream: trio.abc.ReceiveStream, max_line: int) -> AsyncIterator[bytes]:
+async def read_lines(stream: trio.abc.ReceiveStream, max_line: int) -> AsyncGenerator[bytes, None]:
     """Lines from ``stream`` without their newline; ProtocolError past ``max_line``."""
     buffer = bytearray()
     while True:
