@@ -98,6 +98,7 @@ async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> No
         node=config.name,
         log_dir=Path(config.state_dir) / "logs",
         instance=instance,
+        guard=guard,
         log_max_bytes=config.child_log_max_bytes,
         log_backups=config.child_log_backups,
         mirror_output=config.child_output_to_stderr,

@@ -109,24 +109,53 @@ def kill_instance(
     return killed
 
 
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks after boot (None: no such process): with
+    the pid, it names one process for good."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+
+
+def kill_groups(groups: dict[int, int]) -> int:
+    """SIGKILL the process groups of the children the daemon reported (pgid -> its
+    leader's start ticks): this finds children that overwrote their environment
+    (nginx, PostgreSQL, setproctitle), which the token scan cannot. A number now
+    taken by another process (the leader's start differs) is left alone; a group
+    whose leader is gone cannot have been reused while members remain."""
+    killed = 0
+    for pgid, ticks in groups.items():
+        now = start_ticks(pgid)
+        if now is not None and now != ticks:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+            killed += 1
+    return killed
+
+
 def main(argv: list[str]) -> int:
     token = argv[1]
     # Ctrl-C at the daemon's terminal is for the daemon, which stops children itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     deadline = math.inf
+    groups: dict[int, int] = {}  # the daemon's children: pgid -> leader's start ticks
     fd = sys.stdin.fileno()
     buffer = b""
     while True:
         timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
         ready, _, _ = select.select([fd], [], [], timeout)
         if not ready:
-            n = kill_instance(token)
+            n = kill_groups(groups) + kill_instance(token)
             print(f"ringd-guard: daemon missed its deadline; killed {n} processes", file=sys.stderr)
             deadline = math.inf
             continue
-        chunk = os.read(fd, 4096)
+        chunk = os.read(fd, 65536)
         if not chunk:
-            n = kill_instance(token)
+            n = kill_groups(groups) + kill_instance(token)
             if n:
                 print(f"ringd-guard: daemon died; killed {n} processes", file=sys.stderr)
             return 0
@@ -145,6 +174,11 @@ def main(argv: list[str]) -> int:
                 return 0
             if line.startswith(b"deadline "):
                 deadline = float(line.split()[1])
+            elif line.startswith(b"group "):
+                _, pgid, ticks = line.split()
+                groups[int(pgid)] = int(ticks)
+            elif line.startswith(b"ungroup "):
+                groups.pop(int(line.split()[1]), None)
 
 
 class Guard:
@@ -153,6 +187,7 @@ class Guard:
     def __init__(self, token: str) -> None:
         self.token = token
         self.process: subprocess.Popen[bytes] | None = None
+        self.groups: dict[int, int] = {}  # what the guard was told: pgid -> start ticks
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -160,6 +195,8 @@ class Guard:
             stdin=subprocess.PIPE,
             start_new_session=True,
         )
+        if self.groups:  # a new guard after the last one died: tell it everything
+            self._send(b"".join(f"group {g} {t}\n".encode() for g, t in self.groups.items()))
 
     def _send(self, line: bytes) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -172,6 +209,18 @@ class Guard:
             self.process.stdin.flush()
         except BrokenPipeError:
             self.process = None
+
+    def watch_group(self, pid: int) -> None:
+        """A child was spawned: its process group (it leads it) dies with the daemon."""
+        ticks = start_ticks(pid)
+        if ticks is not None:
+            self.groups[pid] = ticks
+            self._send(f"group {pid} {ticks}\n".encode())
+
+    def forget_group(self, pid: int) -> None:
+        """That child has exited and its group was killed: its number may be reused."""
+        if self.groups.pop(pid, None) is not None:
+            self._send(f"ungroup {pid}\n".encode())
 
     def deadline(self, monotonic_deadline: float) -> None:
         """Children must be dead by this ``time.monotonic()`` unless renewed."""

@@ -32,7 +32,7 @@ import trio
 
 from . import metrics
 from .childio import ChildIO
-from .guard import kill_instance
+from .guard import Guard, kill_instance
 from .intensity import Intensity
 from .logs import RotatingLog
 from .spec import ChildSpec, GroupSpec, signal_number
@@ -176,6 +176,8 @@ class Supervisor:
         log_dir: where each child's output goes (``<id>.log``, rotated).
         instance: a token put in every child's environment so that the guard can
             find them (and anything they forked) if the daemon dies.
+        guard: told each child's process group, which it kills too (children that
+            overwrite their environment hide the token).
         may_run: False while this node must not run children (fenced).
         on_change: called with a child whenever its state or pid changes.
         on_group_failed: called with (group, reason) when a group fails here past
@@ -191,6 +193,7 @@ class Supervisor:
         log_max_bytes: int = 10 << 20,
         log_backups: int = 3,
         mirror_output: bool = False,
+        guard: Guard | None = None,
         may_run: Callable[[], bool] = lambda: True,
         on_change: Callable[[Child], None] = lambda child: None,
         on_group_failed: Callable[[str, str], None] = lambda group, reason: None,
@@ -201,6 +204,7 @@ class Supervisor:
         self.log_max_bytes = log_max_bytes
         self.log_backups = log_backups
         self.mirror_output = mirror_output
+        self.guard = guard
         self.may_run = may_run
         self.on_change = on_change
         self.on_group_failed = on_group_failed
@@ -473,6 +477,8 @@ class Supervisor:
             logger.error("child %s: %s", child.id, child.reason)
             self.on_change(child)
             return False
+        if self.guard is not None:
+            self.guard.watch_group(pid)
         child.pid = pid
         child.started_at = time.time()
         child.state = State.RUNNING
@@ -482,6 +488,8 @@ class Supervisor:
     def _exited(self, child: Child, pid: int, status: int) -> None:
         """ChildIO callback: the child's process exited and is reaped."""
         kill_group(pid, signal.SIGKILL)  # whatever is left of its process group goes with it
+        if self.guard is not None:
+            self.guard.forget_group(pid)
         child.pid = None
         if child.popen is not None:
             child.popen.returncode = status  # reaped by us; keep Popen from reaping it
