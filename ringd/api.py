@@ -213,10 +213,10 @@ class Api:
 
     async def delete_child(self, args: dict[str, Any]) -> dict[str, Any]:
         child_id = _name(args)
+        timeout = _timeout(args) if args.get("wait") else None  # checked before acting
         if not await self.etcd.delete(self.keys.child(child_id)):
             raise NotFound("child", child_id)
-        if args.get("wait"):
-            timeout = _timeout(args)
+        if timeout is not None:
             await self._wait_for(
                 lambda: self.view.get("claims", child_id) is None,
                 timeout,
@@ -460,9 +460,10 @@ class Api:
     async def drain(self, args: dict[str, Any]) -> dict[str, Any]:
         """Take a node out of the ring while it stays online: its children move away."""
         node = self._known_node(args)
+        timeout = _timeout(args) if args.get("wait") else None  # checked before acting
         value = json.dumps({"since": time.time(), "by": self.config.name}).encode()
         await self.etcd.put(self.keys.drain(node), value)
-        if args.get("wait"):
+        if timeout is not None:
             await self._wait_for(
                 lambda: (
                     not any(
@@ -470,7 +471,7 @@ class Api:
                         for kv in self.view.by_kind("claims").values()
                     )
                 ),
-                _timeout(args),
+                timeout,
                 f"node {node} drained",
             )
         return {"node": node, "draining": True}

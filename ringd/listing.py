@@ -24,6 +24,7 @@ import trio
 from .membership import decode
 from .placement import instance_key
 from .protocol import Encoded, dumps
+from .spec import MAX_REPLICAS
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -141,6 +142,7 @@ class Listing:
         spec = decode(spec_kv)
         owners = [i.node for i in placement or ()]
         replicas = spec.get("replicas", 1) if isinstance(spec.get("replicas"), int) else 1
+        replicas = min(max(replicas, 1), MAX_REPLICAS)  # a corrupt spec: never a huge range
         claims = tuple(self.view.get("claims", instance_key(child_id, r)) for r in range(replicas))
         context = None
         rows = []

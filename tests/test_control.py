@@ -171,6 +171,17 @@ def test_a_bad_wait_timeout_stores_nothing(cluster: Cluster, op: str, args: dict
     assert node.call("which_children") == []
 
 
+def test_a_bad_wait_timeout_deletes_and_drains_nothing(cluster: Cluster) -> None:
+    node = cluster.daemon("n1")
+    node.call("start_child", spec={"id": "kept", "argv": ["sleep", "600"]})
+    for op, args in (("delete_child", {"id": "kept"}), ("drain", {"node": "n1"})):
+        with pytest.raises(RemoteError) as info:
+            node.call(op, **args, wait=True, timeout=-1)
+        assert (info.value.code, info.value.message[:8]) == ("invalid", "timeout:"), op
+    assert [row["id"] for row in node.call("which_children")] == ["kept"]
+    assert [row["draining"] for row in node.call("nodes")] == [False]
+
+
 async def _request(path: str, op: str) -> trio.SocketStream:
     client = await trio.open_unix_socket(path)
     await client.send_all(json.dumps({"id": 1, "op": op, "args": {}}).encode() + b"\n")
