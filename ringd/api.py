@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -21,11 +20,13 @@ from .hooks import child_update, node_update
 from .listing import Listing
 from .logs import tail
 from .membership import decode
+from .placement import split_key
 from .protocol import MAX_BATCH
 from .spec import NAME_PATTERN, GroupRecord, encode, parse_child, parse_group, signal_number
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable
+    from pathlib import Path
 
     from .config import Config
     from .etcd import Etcd
@@ -46,6 +47,17 @@ def _name(args: dict[str, Any], field: str = "id") -> str:
     value = args.get(field)
     if not isinstance(value, str) or not _NAME.match(value):
         raise InvalidSpec(field, "must be 1-128 characters of A-Z a-z 0-9 . _ -")
+    return value
+
+
+_INSTANCE = re.compile(NAME_PATTERN.removesuffix("$") + r"(/[1-9][0-9]{0,2})?$")
+
+
+def _instance(args: dict[str, Any]) -> str:
+    """A child instance: ``id`` (the master) or ``id/<n>`` (its n-th replica)."""
+    value = args.get("id")
+    if not isinstance(value, str) or not _INSTANCE.match(value):
+        raise InvalidSpec("id", "must be a child id, or id/<n> for its n-th replica")
     return value
 
 
@@ -229,7 +241,10 @@ class Api:
         child = self.supervisor.children.get(child_id)
         if child is not None:
             return child
-        if self.view.get("children", child_id) is None:
+        base, replica = split_key(child_id)
+        spec_kv = self.view.get("children", base)
+        replicas = decode(spec_kv).get("replicas", 1)
+        if spec_kv is None or replica >= (replicas if isinstance(replicas, int) else 1):
             raise NotFound("child", child_id)
         node = decode(self.view.get("claims", child_id)).get("node")
         if node:
@@ -380,7 +395,7 @@ class Api:
     # -- local children ---------------------------------------------------------------
 
     async def terminate_child(self, args: dict[str, Any]) -> dict[str, Any]:
-        child = self._local(_name(args))
+        child = self._local(_instance(args))
         try:
             await self.supervisor.terminate(child.id)
         except KeyError:  # stopped here (moved, deleted) while this waited
@@ -388,7 +403,7 @@ class Api:
         return {**child.info(), "node": self.config.name}
 
     async def restart_child(self, args: dict[str, Any]) -> dict[str, Any]:
-        child = self._local(_name(args))
+        child = self._local(_instance(args))
         try:
             await self.supervisor.restart(child.id)
         except KeyError:  # stopped here (moved, deleted) while this waited
@@ -396,7 +411,7 @@ class Api:
         return {**child.info(), "node": self.config.name}
 
     async def signal_child(self, args: dict[str, Any]) -> dict[str, Any]:
-        child = self._local(_name(args))
+        child = self._local(_instance(args))
         raw = args.get("signal")
         try:
             signum = signal_number(str(raw))
@@ -409,7 +424,7 @@ class Api:
         return {**child.info(), "node": self.config.name, "signal": signum}
 
     def _log_path(self, child_id: str) -> Path:
-        return Path(self.config.state_dir) / "logs" / f"{child_id}.log"
+        return self.supervisor.log_path(child_id)
 
     def _lines(self, args: dict[str, Any]) -> int:
         lines = args.get("lines", 10)
@@ -418,13 +433,13 @@ class Api:
         return lines
 
     async def logs(self, args: dict[str, Any]) -> dict[str, Any]:
-        child = self._local(_name(args))
+        child = self._local(_instance(args))
         lines = await trio.to_thread.run_sync(tail, self._log_path(child.id), self._lines(args))
         return {"id": child.id, "node": self.config.name, "lines": lines}
 
     async def logs_follow(self, args: dict[str, Any]) -> AsyncGenerator[Any, None]:
         """The last lines, then every new line as it is written (across rotations)."""
-        child = self._local(_name(args))
+        child = self._local(_instance(args))
         path = self._log_path(child.id)
         for last in await trio.to_thread.run_sync(tail, path, self._lines(args)):
             yield last

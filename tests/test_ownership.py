@@ -9,6 +9,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
+from ringd.protocol import RemoteError
+
 from .helpers import wait_until
 from .test_cluster import Sampler
 
@@ -187,3 +191,32 @@ def test_join_moves_about_a_quarter_and_never_runs_a_child_twice(cluster: Cluste
     assert fraction <= 1.15 * 0.25
     assert sampler.violations == []
     assert settled < 30, "the bound this test states for a 300-child join (paced at 50 moves/s)"
+
+
+def test_a_replica_is_operated_on_by_its_instance_name(cluster: Cluster) -> None:
+    """restart-child, terminate-child, logs and signal-child take ``id/<n>`` for the
+    n-th replica (they refused the "/" and could reach only the master)."""
+    nodes = {n: cluster.daemon(n) for n in "ab"}
+    nodes["a"].call(
+        "start_child",
+        spec={"id": "db", "argv": ["sh", "-c", "echo up; exec sleep 600"], "replicas": 2,
+              "env": env(cluster)},
+    )  # fmt: skip
+    found = wait_until(
+        lambda: (f := nodes["a"].call("find", id="db")) and all(i["state"] == "running" for i in f["instances"]) and f,
+        10, "2 replicas running",
+    )  # fmt: skip
+    replica = found["instances"][1]
+    there = nodes[replica["node"]]
+    before = replica["pid"]
+    assert there.call("restart_child", id="db/1")["instance"] == "db/1"
+    wait_until(
+        lambda: (p := there.call("find", id="db")["instances"][1]["pid"]) and p != before,
+        10, "the replica restarted",
+    )  # fmt: skip
+    assert "up" in there.call("logs", id="db/1")["lines"]
+    assert there.call("terminate_child", id="db/1")["state"] == "stopped"
+    for bad, code in (("db/2", "not_found"), ("db/0", "invalid"), ("db/x", "invalid")):
+        with pytest.raises(RemoteError) as info:
+            there.call("restart_child", id=bad)
+        assert info.value.code == code, bad
