@@ -188,6 +188,7 @@ class Guard:
         self.token = token
         self.process: subprocess.Popen[bytes] | None = None
         self.groups: dict[int, int] = {}  # what the guard was told: pgid -> start ticks
+        self._pending: list[str] = []  # group lines not sent yet
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -215,12 +216,31 @@ class Guard:
         ticks = start_ticks(pid)
         if ticks is not None:
             self.groups[pid] = ticks
-            self._send(f"group {pid} {ticks}\n".encode())
+            self._queue(f"group {pid} {ticks}\n")
 
     def forget_group(self, pid: int) -> None:
         """That child has exited and its group was killed: its number may be reused."""
         if self.groups.pop(pid, None) is not None:
-            self._send(f"ungroup {pid}\n".encode())
+            self._queue(f"ungroup {pid}\n")
+
+    def _queue(self, line: str) -> None:
+        # Sent together once the event loop turns: a pass that spawns 1,000 children
+        # wakes the guard once, not 1,000 times (that cost 0.13 s of those 1,000
+        # starts on 2 CPUs). The token scan covers a child until then.
+        self._pending.append(line)
+        if len(self._pending) > 1:
+            return
+        import trio  # the daemon's; the guard process itself never gets here
+
+        try:
+            trio.lowlevel.current_trio_token().run_sync_soon(self._flush)
+        except RuntimeError:  # not under trio: at once
+            self._flush()
+
+    def _flush(self) -> None:
+        lines, self._pending = self._pending, []
+        if lines:
+            self._send("".join(lines).encode())
 
     def deadline(self, monotonic_deadline: float) -> None:
         """Children must be dead by this ``time.monotonic()`` unless renewed."""
