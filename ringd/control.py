@@ -154,13 +154,20 @@ class ControlServer:
         A quiet stream (a watch of a calm cluster, the log of a silent child) sends
         nothing for hours: without looking, a client that went away would be noticed
         only at the next event, holding one of the connection slots until then."""
-        async with contextlib.aclosing(events), trio.open_nursery() as nursery:
-            nursery.start_soon(self._cancel_on_hang_up, stream, nursery.cancel_scope)
-            async for event in events:
-                await stream.send_all(
-                    protocol.encode({"id": request_id, "ok": True, "event": event})
-                )
-            nursery.cancel_scope.cancel()
+        try:
+            async with contextlib.aclosing(events), trio.open_nursery() as nursery:
+                nursery.start_soon(self._cancel_on_hang_up, stream, nursery.cancel_scope)
+                async for event in events:
+                    await stream.send_all(
+                        protocol.encode({"id": request_id, "ok": True, "event": event})
+                    )
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The op's own error (not_found, a client gone) as the caller answers any
+            # op's, not wrapped by the nursery (that made it "internal").
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
 
     @staticmethod
     async def _cancel_on_hang_up(stream: trio.SocketStream, scope: trio.CancelScope) -> None:

@@ -248,18 +248,29 @@ class Etcd:
         )
 
     def _client_now(self) -> Any:
-        # Runs in a worker thread: building a client may authenticate (a round trip).
+        # Runs in a worker thread. Built outside the lock: it may authenticate (a
+        # round trip), and the trio thread takes the lock to drop a client.
+        client = self._client
+        if client is not None:
+            return client
+        built = self._new_client()
         with self._client_lock:
             if self._client is None:
-                self._client = self._new_client()
-            return self._client
+                self._client = built
+                return built
+            client = self._client  # another thread was first: use its client
+        built.close()
+        return client
 
     def _drop_client(self, client: Any) -> None:
+        """Forget ``client`` (None: building one failed) and try the next endpoint."""
         with self._client_lock:
-            if self._client is not client or client is None:
+            if self._client is not client:
                 return
             self._client = None
             self._index = (self._index + 1) % len(self.endpoints)
+        if client is None:
+            return
         try:
             client.close()
         except Exception:  # closing a broken channel may raise; it is gone anyway
@@ -292,7 +303,7 @@ class Etcd:
                 )
         except trio.TooSlowError:
             endpoint = self.endpoint
-            self._drop_client(box[0] if box else self._client)
+            self._drop_client(box[0] if box else None)
             raise EtcdUnavailable(endpoint, "timed out") from None
         except (
             etcd3.exceptions.Etcd3Exception,
@@ -301,7 +312,7 @@ class Etcd:
         ) as exc:
             endpoint = self.endpoint
             if _connection_lost(exc):
-                self._drop_client(box[0] if box else self._client)
+                self._drop_client(box[0] if box else None)
             raise EtcdUnavailable(endpoint, describe(exc)) from exc
 
     def close(self) -> None:

@@ -189,6 +189,7 @@ class Guard:
         self.process: subprocess.Popen[bytes] | None = None
         self.groups: dict[int, int] = {}  # what the guard was told: pgid -> start ticks
         self._pending: list[str] = []  # group lines not sent yet
+        self._deadline = math.inf  # the last one sent
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -196,20 +197,44 @@ class Guard:
             stdin=subprocess.PIPE,
             start_new_session=True,
         )
-        if self.groups:  # a new guard after the last one died: tell it everything
-            self._send(b"".join(f"group {g} {t}\n".encode() for g, t in self.groups.items()))
+        # A new guard after the last one died: tell it everything it must watch.
+        told = [f"group {g} {t}\n" for g, t in self.groups.items()]
+        if self._deadline != math.inf:
+            told.append(f"deadline {self._deadline:.3f}\n")
+        if told:
+            self._write("".join(told).encode())
 
     def _send(self, line: bytes) -> None:
+        """Send to the guard, starting a new one if it is gone. Never raises: this
+        runs from keepalives and from event-loop callbacks, where an exception would
+        take the daemon down (and its children would run on unwatched)."""
         if self.process is None or self.process.poll() is not None:
             logger.warning("guard process gone; starting a new one")
-            self.start()
-        assert self.process is not None
-        assert self.process.stdin is not None
+            self._discard()
+            try:
+                self.start()
+            except OSError as exc:  # out of processes or descriptors: next time
+                logger.error("cannot start the guard process: %s", exc)
+                self.process = None
+                return
+        self._write(line)
+
+    def _write(self, data: bytes) -> None:
+        process = self.process
+        if process is None or process.stdin is None:
+            return
         try:
-            self.process.stdin.write(line)
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            self.process = None
+            process.stdin.write(data)
+            process.stdin.flush()
+        except OSError:  # it died meanwhile: the next send starts another
+            self._discard()
+
+    def _discard(self) -> None:
+        """Forget a guard that is gone, closing our end of its pipe."""
+        process, self.process = self.process, None
+        if process is not None and process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
 
     def watch_group(self, pid: int) -> None:
         """A child was spawned: its process group (it leads it) dies with the daemon."""
@@ -244,6 +269,7 @@ class Guard:
 
     def deadline(self, monotonic_deadline: float) -> None:
         """Children must be dead by this ``time.monotonic()`` unless renewed."""
+        self._deadline = monotonic_deadline
         self._send(f"deadline {monotonic_deadline:.3f}\n".encode())
 
     def close(self) -> None:

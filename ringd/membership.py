@@ -198,6 +198,12 @@ class Membership:
             if not created:
                 await self.etcd.revoke(lease_id)
                 continue
+            if self.leaving:
+                # The leave began while we registered (its one transaction may have
+                # run before this create): out of the ring again, at once.
+                await self.etcd.revoke(lease_id)
+                self.lease_id = None
+                return
             self._extend(sent, self.ttl)
             break
         status_kv = await self.etcd.get(self.keys.status(self.node))

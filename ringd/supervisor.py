@@ -471,6 +471,9 @@ class Supervisor:
                 kill_group(pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
+                if child.popen is not None:  # reaped here: Popen must never wait for it
+                    child.popen.returncode = -signal.SIGKILL
+                    child.popen = None
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             child.state = State.FAILED
             child.reason = f"cannot start {child.spec.argv[0]!r}: {reason}"

