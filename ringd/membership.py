@@ -66,26 +66,22 @@ def pid_namespace() -> str:
         return ""  # unknown: never taken for the same place
 
 
-def is_dead_incarnation(alive: dict[str, Any]) -> bool:
+def is_dead_predecessor(alive: dict[str, Any]) -> bool:
     """True if ``alive`` (a node's alive record) is of a daemon in this very PID
-    namespace (same boot, same namespace), now dead with all its children: its
-    lease can be revoked instead of waited out. Anything else (another machine,
-    another container, a record without the namespace) is waited out: revoking a
-    live daemon's lease would let its children run twice."""
+    namespace (same boot, same namespace) that is no longer running: its lease can
+    be revoked, once what it left running is killed, instead of waited out.
+    Anything else (another machine, another container, a record without the
+    namespace) is waited out: revoking a live daemon's lease would let its
+    children run twice."""
     here = pid_namespace()
     if not here or alive.get("pid_namespace") != here:
         return False
     pid = alive.get("pid")
     try:
         # Same start time: that daemon runs still (its pid was not reused).
-        running = isinstance(pid, int) and start_time(pid) == alive.get("pid_start")
+        return not (isinstance(pid, int) and start_time(pid) == alive.get("pid_start"))
     except OSError:
-        running = False
-    if running:
-        return False
-    from .guard import instance_pids
-
-    return not instance_pids(str(alive.get("instance", "-")))
+        return True
 
 
 class Membership:
@@ -176,10 +172,19 @@ class Membership:
                     logger.info("revoking this daemon's lease from before it fenced")
                     await self.etcd.revoke(existing.lease)
                     continue
-                if existing.lease and is_dead_incarnation(old):
+                if existing.lease and is_dead_predecessor(old):
+                    # Its guard kills what it left running, unless the guard died
+                    # too (kill -9 of both): then nobody would, and this node would
+                    # start those children again beside them. Kill them first.
+                    from .guard import kill_instance
+
+                    left = await trio.to_thread.run_sync(
+                        kill_instance, str(old.get("instance", "-"))
+                    )
                     logger.info(
-                        "revoking the lease of this node's dead predecessor (pid %s)",
+                        "revoking the lease of this node's dead predecessor (pid %s)%s",
                         old.get("pid"),
+                        f", after killing {left} processes it left running" if left else "",
                     )
                     await self.etcd.revoke(existing.lease)
                     continue
