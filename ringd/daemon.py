@@ -179,6 +179,7 @@ async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> No
                                 cluster=config.cluster,
                                 view=view,
                                 keys=keys,
+                                instance=instance,
                             )
                             await nursery.start(hooks.run)
                         logger.info(

@@ -9,8 +9,10 @@ it never disturbs the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +83,11 @@ def child_update(change: Change, keys: Keys) -> dict[str, Any] | None:
     return None
 
 
+async def _kill_group(process: trio.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 class Hooks:
     """Runs the hook executables on node_update events of other nodes, in order."""
 
@@ -93,8 +100,10 @@ class Hooks:
         cluster: str,
         view: ClusterView,
         keys: Keys,
+        instance: str = "",
     ) -> None:
         self.directory = Path(directory)
+        self.instance = instance  # the daemon's token: its guard kills hooks with it
         self.timeout = timeout
         self.node = node
         self.cluster = cluster
@@ -133,6 +142,8 @@ class Hooks:
             RINGD_HOOK_CLUSTER=self.cluster,
             RINGD_HOOK_SELF=self.node,
         )
+        if self.instance:
+            env["RINGD_INSTANCE"] = self.instance
         argv = [str(hook), event["node"], event["status"], event["old_status"]]
         try:
             with trio.move_on_after(self.timeout) as scope:
@@ -143,6 +154,10 @@ class Hooks:
                     capture_stdout=True,
                     capture_stderr=True,
                     check=False,
+                    # Its own process group, killed whole at the timeout: what a
+                    # hook script starts (curl, a pipeline) goes with it.
+                    start_new_session=True,
+                    deliver_cancel=_kill_group,
                 )
         except OSError as exc:
             logger.warning("hook %s could not run: %s", hook.name, exc.strerror or exc)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,15 +19,14 @@ from ringd.config import Config
 from ringd.etcd import Etcd
 from ringd.figures import start_time
 from ringd.keys import Keys
-from ringd.membership import Membership, is_dead_incarnation, pid_namespace
+from ringd.membership import Membership, is_dead_predecessor, pid_namespace
 from ringd.protocol import Client, RemoteError
 from ringd.view import ClusterView
 
 from .helpers import alive, wait_until
+from .timeline import descendants
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from .conftest import Cluster
 
 
@@ -151,8 +152,10 @@ def test_hooks_run_in_order_for_other_nodes_and_failures_do_not_disturb(
     slow = hooks / "30-hang"
     hung_pids = short_tmp / "hung.pids"
     slow.write_text(f"#!/bin/sh\necho $$ >> {hung_pids}\nexec sleep 600\n")
+    # A hook that hangs in a process of its own: killed with its hook at the timeout.
+    (hooks / "35-hang-child").write_text(f"#!/bin/sh\nsleep 600 &\necho $! >> {hung_pids}\nwait\n")
     (hooks / "40-not-executable").write_text("#!/bin/sh\necho never >> {out}\n")
-    for path in (good, bad, slow):
+    for path in (good, bad, slow, hooks / "35-hang-child"):
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
     config = short_tmp / "a.toml"
     config.write_text(f'hooks_dir = "{hooks}"\nhook_timeout = 2.0\n')
@@ -181,6 +184,7 @@ def test_hooks_run_in_order_for_other_nodes_and_failures_do_not_disturb(
     assert "hook 10-record: hook saw b offline" in log
     assert "hook 20-fail (b offline) exited with status 7" in log
     assert "hook 30-hang (b offline) killed after 2 s" in log
+    assert "hook 35-hang-child (b offline) killed after 2 s" in log
     assert a.call("ping")["node"] == "a"
     # The hung hooks were killed, not left behind.
     for pid in map(int, hung_pids.read_text().split()):
@@ -247,18 +251,18 @@ def test_sigterm_ends_a_daemon_still_waiting_for_etcd(cluster: Cluster) -> None:
     print(f"\nSIGTERM while waiting for etcd: exited after {took:.2f} s")
 
 
-def test_dead_incarnation_only_in_this_pid_namespace() -> None:
+def test_dead_predecessor_only_in_this_pid_namespace() -> None:
     """A node's previous daemon may have its lease revoked only if it ran where its
-    pid means something here (same boot, same PID namespace), is dead, and left no
-    process behind; a same-named host elsewhere is waited out."""
+    pid means something here (same boot, same PID namespace) and is dead; a
+    same-named host elsewhere is waited out."""
     here = pid_namespace()
     assert here and here.count("/") == 1 and "pid:[" in here
     dead = {"pid_namespace": here, "pid": 2**22 + 7, "pid_start": 1, "instance": "gone-x"}
-    assert is_dead_incarnation(dead)
-    assert not is_dead_incarnation({**dead, "pid_namespace": "other-boot/pid:[1]"})
-    assert not is_dead_incarnation({k: v for k, v in dead.items() if k != "pid_namespace"})
+    assert is_dead_predecessor(dead)
+    assert not is_dead_predecessor({**dead, "pid_namespace": "other-boot/pid:[1]"})
+    assert not is_dead_predecessor({k: v for k, v in dead.items() if k != "pid_namespace"})
     me = {**dead, "pid": os.getpid(), "pid_start": start_time(os.getpid())}
-    assert not is_dead_incarnation(me), "a running daemon"
+    assert not is_dead_predecessor(me), "a running daemon"
 
 
 def test_a_killed_daemon_restarted_takes_its_node_back_at_once(cluster: Cluster) -> None:
@@ -272,3 +276,31 @@ def test_a_killed_daemon_restarted_takes_its_node_back_at_once(cluster: Cluster)
     took = time.monotonic() - restarted
     assert took < 15, f"waited {took:.1f} s: the predecessor's lease was waited out"
     assert "revoking the lease of this node's dead predecessor" in d.log.read_text()
+
+
+def test_a_restarted_daemon_kills_what_its_dead_predecessor_left_running(
+    cluster: Cluster,
+) -> None:
+    """Daemon and guard both SIGKILLed (`pkill -9 -f ringd`): nobody killed the
+    children. The next daemon of the node kills them before it takes the node back,
+    or it would start each child again beside its old instance."""
+    d = cluster.daemon("n1", ttl=30)
+    d.call("start_child", spec={"id": "left", "argv": ["sleep", "600"]})
+    old = wait_until(lambda: d.call("find", id="left")["pid"], 10, "running")
+    guard = next(
+        pid
+        for pid in descendants(d.pid)
+        if b"ringd.guard" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
+    try:
+        os.kill(guard, signal.SIGKILL)
+        d.kill()
+        assert alive(old), "nobody killed it"
+        d.start()
+        wait_until(lambda: not alive(old), 5, "the old instance killed")
+        new = wait_until(lambda: d.call("find", id="left")["pid"], 10, "running again")
+        assert new != old
+        assert "after killing 1 processes it left running" in d.log.read_text()
+    finally:
+        if alive(old):
+            os.kill(old, signal.SIGKILL)
