@@ -26,6 +26,7 @@ import trio
 from . import __version__, metrics
 from .errors import EtcdUnavailable
 from .figures import start_time
+from .guard import start_ticks
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,17 +72,17 @@ def is_dead_predecessor(alive: dict[str, Any]) -> bool:
     namespace (same boot, same namespace) that is no longer running: its lease can
     be revoked, once what it left running is killed, instead of waited out.
     Anything else (another machine, another container, a record without the
-    namespace) is waited out: revoking a live daemon's lease would let its
-    children run twice."""
+    namespace or the start ticks) is waited out: revoking a live daemon's lease
+    would let its children run twice."""
     here = pid_namespace()
+    pid, ticks = alive.get("pid"), alive.get("pid_ticks")
     if not here or alive.get("pid_namespace") != here:
         return False
-    pid = alive.get("pid")
-    try:
-        # Same start time: that daemon runs still (its pid was not reused).
-        return not (isinstance(pid, int) and start_time(pid) == alive.get("pid_start"))
-    except OSError:
-        return True
+    if not isinstance(pid, int) or not isinstance(ticks, int):
+        return False
+    # Running with the same start (in clock ticks after boot, which a clock step
+    # does not move, unlike a wall-clock start time): that daemon is alive.
+    return start_ticks(pid) != ticks
 
 
 class Membership:
@@ -148,7 +149,8 @@ class Membership:
                 "host": socket.gethostname(),
                 "pid_namespace": pid_namespace(),
                 "pid": os.getpid(),
-                "pid_start": start_time(os.getpid()),
+                "pid_start": start_time(os.getpid()),  # wall clock, for people
+                "pid_ticks": start_ticks(os.getpid()),  # after boot, for is_dead_predecessor
                 "instance": self.instance,
                 "version": __version__,
                 "labels": self.config.labels,
