@@ -133,7 +133,8 @@ class Hooks:
 
     async def _run(self, hook: Path, event: dict[str, Any]) -> None:
         env = dict(
-            os.environ,
+            # Not the daemon's own RINGD_* (a ringd run by ringd has a child's).
+            {k: v for k, v in os.environ.items() if not k.startswith("RINGD_")},
             RINGD_HOOK_NODE=event["node"],
             RINGD_HOOK_STATUS=event["status"],
             RINGD_HOOK_OLD_STATUS=event["old_status"],
@@ -145,9 +146,11 @@ class Hooks:
         if self.instance:
             env["RINGD_INSTANCE"] = self.instance
         argv = [str(hook), event["node"], event["status"], event["old_status"]]
-        try:
-            with trio.move_on_after(self.timeout) as scope:
-                result = await trio.run_process(
+        done: list[subprocess.CompletedProcess[bytes]] = []
+
+        async def run(task_status: Any) -> None:
+            done.append(
+                await trio.run_process(
                     argv,
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -158,11 +161,25 @@ class Hooks:
                     # hook script starts (curl, a pipeline) goes with it.
                     start_new_session=True,
                     deliver_cancel=_kill_group,
+                    task_status=task_status,
                 )
+            )
+
+        process: trio.Process | None = None
+        try:
+            with trio.move_on_after(self.timeout) as scope:
+                async with trio.open_nursery() as nursery:
+                    process = await nursery.start(run)
         except OSError as exc:
             logger.warning("hook %s could not run: %s", hook.name, exc.strerror or exc)
             return
         if scope.cancelled_caught:
+            # Also when the hook itself had exited but left a process holding its
+            # output open (trio then waits for the pipes, not for the hook, and
+            # kills nothing). That process keeps the group, so its number is not
+            # anyone else's yet.
+            if process is not None:
+                await _kill_group(process)
             logger.warning(
                 "hook %s (%s %s) killed after %g s",
                 hook.name,
@@ -171,6 +188,7 @@ class Hooks:
                 self.timeout,
             )
             return
+        (result,) = done
         for line in (result.stdout + result.stderr).decode(errors="replace").splitlines():
             logger.info("hook %s: %s", hook.name, line)
         if result.returncode != 0:

@@ -17,7 +17,7 @@ import trio
 
 from ringd.config import Config
 from ringd.etcd import Etcd
-from ringd.figures import start_time
+from ringd.guard import start_ticks
 from ringd.keys import Keys
 from ringd.membership import Membership, is_dead_predecessor, pid_namespace
 from ringd.protocol import Client, RemoteError
@@ -152,8 +152,9 @@ def test_hooks_run_in_order_for_other_nodes_and_failures_do_not_disturb(
     slow = hooks / "30-hang"
     hung_pids = short_tmp / "hung.pids"
     slow.write_text(f"#!/bin/sh\necho $$ >> {hung_pids}\nexec sleep 600\n")
-    # A hook that hangs in a process of its own: killed with its hook at the timeout.
-    (hooks / "35-hang-child").write_text(f"#!/bin/sh\nsleep 600 &\necho $! >> {hung_pids}\nwait\n")
+    # A hook that exits at once but leaves a process behind, holding its output
+    # open: killed with its process group at the timeout.
+    (hooks / "35-hang-child").write_text(f"#!/bin/sh\nsleep 600 &\necho $! >> {hung_pids}\n")
     (hooks / "40-not-executable").write_text("#!/bin/sh\necho never >> {out}\n")
     for path in (good, bad, slow, hooks / "35-hang-child"):
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
@@ -257,12 +258,15 @@ def test_dead_predecessor_only_in_this_pid_namespace() -> None:
     same-named host elsewhere is waited out."""
     here = pid_namespace()
     assert here and here.count("/") == 1 and "pid:[" in here
-    dead = {"pid_namespace": here, "pid": 2**22 + 7, "pid_start": 1, "instance": "gone-x"}
+    dead = {"pid_namespace": here, "pid": 2**22 + 7, "pid_ticks": 1, "instance": "gone-x"}
     assert is_dead_predecessor(dead)
     assert not is_dead_predecessor({**dead, "pid_namespace": "other-boot/pid:[1]"})
     assert not is_dead_predecessor({k: v for k, v in dead.items() if k != "pid_namespace"})
-    me = {**dead, "pid": os.getpid(), "pid_start": start_time(os.getpid())}
+    me = {**dead, "pid": os.getpid(), "pid_ticks": start_ticks(os.getpid())}
     assert not is_dead_predecessor(me), "a running daemon"
+    assert is_dead_predecessor({**me, "pid_ticks": me["pid_ticks"] - 1}), "its pid reused"
+    # Only a record with start ticks (not the wall-clock start a clock step moves).
+    assert not is_dead_predecessor({k: v for k, v in dead.items() if k != "pid_ticks"})
 
 
 def test_a_killed_daemon_restarted_takes_its_node_back_at_once(cluster: Cluster) -> None:
