@@ -165,11 +165,9 @@ def main(argv: list[str]) -> int:
             if line == b"bye":
                 # The daemon stopped its children; sweep up anything that escaped
                 # their process groups (a grandchild in a session of its own).
-                # At the lowest priority: the children's claims are released, and
-                # this read of every process's environment must not slow the
-                # machine's other work (on a shared machine, the survivors
-                # starting those children: it took 25-40 ms of CPU from them).
-                os.nice(19)
+                # At normal priority, not lower (tried): the claims are released,
+                # so an escapee may already overlap its successor; a sweep that
+                # a busy machine delays makes that window longer.
                 kill_instance(token)
                 return 0
             if line.startswith(b"deadline "):
