@@ -26,7 +26,7 @@ import trio
 from . import __version__, metrics
 from .errors import EtcdUnavailable
 from .figures import start_time
-from .guard import start_ticks
+from .guard import kill_instance, start_ticks
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -178,8 +178,6 @@ class Membership:
                     # Its guard kills what it left running, unless the guard died
                     # too (kill -9 of both): then nobody would, and this node would
                     # start those children again beside them. Kill them first.
-                    from .guard import kill_instance
-
                     left = await trio.to_thread.run_sync(
                         kill_instance, str(old.get("instance", "-"))
                     )
@@ -330,8 +328,6 @@ class Membership:
         old, self.lease_id = self.lease_id, None
         # Releasing the lease frees our claims: first make sure that nothing of ours
         # survived the fence, not even a grandchild that left its process group.
-        from .guard import kill_instance
-
         await trio.to_thread.run_sync(kill_instance, self.instance)
         if old is not None:
             try:
