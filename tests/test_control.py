@@ -174,7 +174,8 @@ def test_a_bad_wait_timeout_stores_nothing(cluster: Cluster, op: str, args: dict
 
 def test_a_bad_wait_timeout_deletes_and_drains_nothing(cluster: Cluster) -> None:
     node = cluster.daemon("n1")
-    node.call("start_child", spec={"id": "kept", "argv": ["sleep", "600"]})
+    env = {"TEST_CLUSTER": cluster.name}  # found by the cluster's cleanup, whatever happens
+    node.call("start_child", spec={"id": "kept", "argv": ["sleep", "600"], "env": env})
     wait_until(lambda: node.call("which_children"), 10, "the child listed")  # the view lags
     for op, args in (("delete_child", {"id": "kept"}), ("drain", {"node": "n1"})):
         with pytest.raises(RemoteError) as info:

@@ -289,7 +289,8 @@ def test_a_restarted_daemon_kills_what_its_dead_predecessor_left_running(
     children. The next daemon of the node kills them before it takes the node back,
     or it would start each child again beside its old instance."""
     d = cluster.daemon("n1", ttl=30)
-    d.call("start_child", spec={"id": "left", "argv": ["sleep", "600"]})
+    env = {"TEST_CLUSTER": cluster.name}  # found by the cluster's cleanup, whatever happens
+    d.call("start_child", spec={"id": "left", "argv": ["sleep", "600"], "env": env})
     old = wait_until(lambda: d.call("find", id="left")["pid"], 10, "running")
     guard = next(
         pid
