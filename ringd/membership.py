@@ -21,12 +21,14 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import trio
 
-from . import __version__, metrics
+from . import __version__, metrics, records
 from .errors import EtcdUnavailable
 from .figures import start_time
 from .guard import kill_instance, start_ticks
+from .records import Alive, InvalidRecord, NodeStatus, Status, encode
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,15 +47,26 @@ def now_rfc3339() -> str:
 
 
 def decode(kv: KV | None) -> dict[str, Any]:
-    """A JSON object stored in etcd, or {} if absent or corrupt (logged)."""
+    """Legacy: a JSON object stored in etcd, or {} (for the parts not yet on records)."""
     if kv is None:
         return {}
     try:
         value = json.loads(kv.value)
     except ValueError:
-        logger.warning("ignoring corrupt value at %s", kv.key)
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _read(kv: KV | None, sub: str, node: str) -> Alive | Status | None:
+    """This node's own row as read from etcd (not the view), or None if absent or corrupt."""
+    if kv is None:
+        return None
+    try:
+        value: Alive | Status = records.decode("nodes", sub, node, kv.value)
+    except InvalidRecord as exc:
+        logger.warning("ignoring corrupt value at %s: %s", kv.key, exc)
+        return None
+    return value
 
 
 def pid_namespace() -> str:
@@ -67,7 +80,7 @@ def pid_namespace() -> str:
         return ""  # unknown: never taken for the same place
 
 
-def is_dead_predecessor(alive: dict[str, Any]) -> bool:
+def is_dead_predecessor(alive: Alive) -> bool:
     """True if ``alive`` (a node's alive record) is of a daemon in this very PID
     namespace (same boot, same namespace) that is no longer running: its lease can
     be revoked, once what it left running is killed, instead of waited out.
@@ -75,10 +88,10 @@ def is_dead_predecessor(alive: dict[str, Any]) -> bool:
     namespace or the start ticks) is waited out: revoking a live daemon's lease
     would let its children run twice."""
     here = pid_namespace()
-    pid, ticks = alive.get("pid"), alive.get("pid_ticks")
-    if not here or alive.get("pid_namespace") != here:
+    pid, ticks = alive.pid, alive.pid_ticks
+    if not here or alive.pid_namespace != here:
         return False
-    if not isinstance(pid, int) or not isinstance(ticks, int):
+    if pid is None or ticks is None:
         return False
     # Running with the same start (in clock ticks after boot, which a clock step
     # does not move, unlike a wall-clock start time): that daemon is alive.
@@ -143,22 +156,22 @@ class Membership:
     # -- registration -----------------------------------------------------------------
 
     def _alive_value(self) -> bytes:
-        return json.dumps(
-            {
-                "node": self.node,
-                "host": socket.gethostname(),
-                "pid_namespace": pid_namespace(),
-                "pid": os.getpid(),
-                "pid_start": start_time(os.getpid()),  # wall clock, for people
-                "pid_ticks": start_ticks(os.getpid()),  # after boot, for is_dead_predecessor
-                "instance": self.instance,
-                "version": __version__,
-                "labels": self.config.labels,
-                "groups": self.config.groups,
-                "started": now_rfc3339(),
-                "lease": self.lease_id,
-            }
-        ).encode()
+        return encode(
+            Alive(
+                node=self.node,
+                host=socket.gethostname(),
+                pid_namespace=pid_namespace(),
+                pid=os.getpid(),
+                pid_start=start_time(os.getpid()),
+                pid_ticks=start_ticks(os.getpid()),
+                instance=self.instance,
+                version=__version__,
+                labels=self.config.labels,
+                groups=self.config.groups,
+                started=now_rfc3339(),
+                lease=self.lease_id,
+            )
+        )
 
     async def _register(self) -> None:
         """Take ``nodes/<me>/alive`` under a new lease and mark this node online."""
@@ -167,8 +180,10 @@ class Membership:
         while True:
             existing = await self.etcd.get(alive_key)
             if existing is not None:
-                old = decode(existing)
-                if existing.lease and old.get("instance") == self.instance:
+                old = _read(existing, "alive", self.node)
+                if not isinstance(old, Alive):
+                    old = Alive(node=self.node)  # corrupt: waited out like a stranger
+                if existing.lease and old.instance == self.instance:
                     # Our own key from before we fenced (etcd restored its lease when
                     # it restarted): our children are dead, so let it go at once.
                     logger.info("revoking this daemon's lease from before it fenced")
@@ -178,12 +193,10 @@ class Membership:
                     # Its guard kills what it left running, unless the guard died
                     # too (kill -9 of both): then nobody would, and this node would
                     # start those children again beside them. Kill them first.
-                    left = await trio.to_thread.run_sync(
-                        kill_instance, str(old.get("instance", "-"))
-                    )
+                    left = await trio.to_thread.run_sync(kill_instance, old.instance or "-")
                     logger.info(
                         "revoking the lease of this node's dead predecessor (pid %s)%s",
-                        old.get("pid"),
+                        old.pid,
                         f", after killing {left} processes it left running" if left else "",
                     )
                     await self.etcd.revoke(existing.lease)
@@ -191,7 +204,7 @@ class Membership:
                 if not waited:
                     logger.warning(
                         "node name %r is held by pid %s on %s; waiting for its lease to expire",
-                        self.node, old.get("pid"), old.get("host"),
+                        self.node, old.pid, old.host,
                     )  # fmt: skip
                     waited = True
                 await trio.sleep(1.0)
@@ -212,7 +225,7 @@ class Membership:
             self._extend(sent, self.ttl)
             break
         status_kv = await self.etcd.get(self.keys.status(self.node))
-        previous = decode(status_kv)
+        previous = _read(status_kv, "status", self.node)
         if self._fence_reason:
             # This same daemon, after fencing: its row may still say online (nobody
             # could mark it offline while etcd was away), but it did not restart.
@@ -220,7 +233,7 @@ class Membership:
             self._fence_reason = ""
         elif self._registered_once:
             reason = "rejoined"
-        elif previous.get("status") == "online":
+        elif isinstance(previous, Status) and previous.status == "online":
             reason = "restarted (the previous daemon ended without leaving)"
         else:
             reason = "joined"
@@ -236,16 +249,12 @@ class Membership:
         )
         self._notify()
 
-    def _status_value(self, status: str, reason: str) -> bytes:
-        value = {
-            "node": self.node,
-            "status": status,
-            "last_change": now_rfc3339(),
-            "reason": reason,
-        }
-        return json.dumps(value).encode()
+    def _status_value(self, status: NodeStatus, reason: str) -> bytes:
+        return encode(
+            Status(node=self.node, status=status, last_change=now_rfc3339(), reason=reason)
+        )
 
-    async def _write_status(self, status: str, reason: str) -> None:
+    async def _write_status(self, status: NodeStatus, reason: str) -> None:
         await self.etcd.put(self.keys.status(self.node), self._status_value(status, reason))
 
     async def _register_until_done(self) -> None:
@@ -265,7 +274,7 @@ class Membership:
 
     # -- running ----------------------------------------------------------------------
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._register_until_done()
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -347,16 +356,15 @@ class Membership:
 
     async def track_offline(self) -> None:
         """Mark offline (once, by transaction) every online node whose alive key is gone."""
-        alive = self.view.by_kind("nodes", "alive")
-        for node, kv in self.view.by_kind("nodes", "status").items():
-            if node == self.node or node in alive:
+        alive = self.view.live("nodes", "alive")  # the key, valid or not, keeps it online
+        for node, row in self.view.statuses().items():
+            if node == self.node or node in alive or row.value.status != "online":
                 continue
-            row = decode(kv)
-            if row.get("status") != "online":
-                continue
-            row.update(status="offline", last_change=now_rfc3339(), reason="lease expired")
+            offline = msgspec.structs.replace(
+                row.value, status="offline", last_change=now_rfc3339(), reason="lease expired"
+            )
             if await self.etcd.put_if(
-                kv.key, json.dumps(row).encode(), mod_revision=kv.mod_revision
+                row.kv.key, encode(offline), mod_revision=row.kv.mod_revision
             ):
                 logger.info("node %s is offline (lease expired)", node)
 

@@ -12,10 +12,11 @@ import logging
 import random
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
+from . import records
 from .errors import EtcdUnavailable, WatchBroken
 
 if TYPE_CHECKING:
@@ -23,9 +24,22 @@ if TYPE_CHECKING:
 
     from .etcd import KV, Etcd, Event
     from .keys import Keys
+    from .records import Alive, Claim, Drain, NodeFigures, Status
+    from .spec import ChildSpec, GroupRecord
 
 logger = logging.getLogger(__name__)
 _EMPTY: dict[str, KV] = {}
+_INVALID = object()
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Stored(Generic[T]):
+    """A record as the view holds it: its decoded ``value`` and the ``kv`` it came
+    from (revisions and lease: a claim's fence is ``kv.create_revision``)."""
+
+    value: T
+    kv: KV
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +88,8 @@ class ClusterView:
         self._log: dict[tuple[str, str], list[str]] = {}
         self._epoch = 0  # bumped by every re-list: consumers start over
         self._subscribers: set[trio.MemorySendChannel[Change]] = set()
+        # key -> (mod revision, record or _INVALID): each value decoded once
+        self._records: dict[str, tuple[int, Any]] = {}
 
     # -- reading ----------------------------------------------------------------------
 
@@ -95,6 +111,71 @@ class ClusterView:
 
     def count(self, kind: str, sub: str = "") -> int:
         return len(self._index.get((kind, sub), _EMPTY))
+
+    # -- reading typed records ----------------------------------------------------------
+
+    def record(self, kind: str, name: str, sub: str = "") -> Stored[Any] | None:
+        """The decoded record at one key, or None if absent or corrupt (a corrupt
+        value, written by a third party, is logged once per revision and skipped)."""
+        kv = self._index.get((kind, sub), _EMPTY).get(name)
+        if kv is None:
+            return None
+        cached = self._records.get(kv.key)
+        if cached is None or cached[0] != kv.mod_revision:
+            try:
+                value = records.decode(kind, sub, name, kv.value)
+            except records.InvalidRecord as exc:
+                logger.error("skipping invalid %s at %s: %s", kind, kv.key, exc)
+                value = _INVALID
+            cached = self._records[kv.key] = (kv.mod_revision, value)
+        return None if cached[1] is _INVALID else Stored(cached[1], kv)
+
+    def records(self, kind: str, sub: str = "") -> dict[str, Stored[Any]]:
+        """Every valid record of one kind, in create-revision order (a copy)."""
+        out = {}
+        for name in list(self._index.get((kind, sub), _EMPTY)):
+            if (stored := self.record(kind, name, sub)) is not None:
+                out[name] = stored
+        return out
+
+    def alive_nodes(self) -> dict[str, Stored[Alive]]:
+        """The nodes in the ring (their alive key exists), whether draining or not."""
+        return self.records("nodes", "alive")
+
+    def alive(self, node: str) -> Stored[Alive] | None:
+        return self.record("nodes", node, "alive")
+
+    def statuses(self) -> dict[str, Stored[Status]]:
+        return self.records("nodes", "status")
+
+    def status(self, node: str) -> Stored[Status] | None:
+        return self.record("nodes", node, "status")
+
+    def drains(self) -> dict[str, Stored[Drain]]:
+        return self.records("nodes", "drain")
+
+    def figures(self, node: str) -> Stored[NodeFigures] | None:
+        return self.record("nodes", node, "figures")
+
+    def claims(self) -> dict[str, Stored[Claim]]:
+        """Every claim by instance key (``id`` or ``id/<n>``)."""
+        return self.records("claims")
+
+    def claim(self, instance: str) -> Stored[Claim] | None:
+        return self.record("claims", instance)
+
+    def specs(self) -> dict[str, Stored[ChildSpec]]:
+        """Every valid child spec by id, in creation order (their start order)."""
+        return self.records("children")
+
+    def spec(self, child_id: str) -> Stored[ChildSpec] | None:
+        return self.record("children", child_id)
+
+    def groups(self) -> dict[str, Stored[GroupRecord]]:
+        return self.records("groups")
+
+    def group(self, name: str) -> Stored[GroupRecord] | None:
+        return self.record("groups", name)
 
     def changes(
         self, kind: str, cursor: tuple[int, int] | None, sub: str = ""
@@ -133,6 +214,7 @@ class ClusterView:
 
     def _delete(self, key: str) -> KV | None:
         previous = self.kvs.pop(key, None)
+        self._records.pop(key, None)
         if (parsed := self.keys.parse(key)) and (bucket := self._index.get((parsed[0], parsed[2]))):
             bucket.pop(parsed[1], None)
             self._log_change((parsed[0], parsed[2]), parsed[1])

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+from msgspec.structs import replace
 
 from ringd.config import Config
 from ringd.etcd import Etcd
@@ -21,6 +22,7 @@ from ringd.guard import start_ticks
 from ringd.keys import Keys
 from ringd.membership import Membership, is_dead_predecessor, pid_namespace
 from ringd.protocol import Client, RemoteError
+from ringd.records import Alive
 from ringd.view import ClusterView
 
 from .helpers import alive, wait_until
@@ -258,15 +260,15 @@ def test_dead_predecessor_only_in_this_pid_namespace() -> None:
     same-named host elsewhere is waited out."""
     here = pid_namespace()
     assert here and here.count("/") == 1 and "pid:[" in here
-    dead = {"pid_namespace": here, "pid": 2**22 + 7, "pid_ticks": 1, "instance": "gone-x"}
+    dead = Alive(node="n1", pid_namespace=here, pid=2**22 + 7, pid_ticks=1, instance="gone-x")
     assert is_dead_predecessor(dead)
-    assert not is_dead_predecessor({**dead, "pid_namespace": "other-boot/pid:[1]"})
-    assert not is_dead_predecessor({k: v for k, v in dead.items() if k != "pid_namespace"})
-    me = {**dead, "pid": os.getpid(), "pid_ticks": start_ticks(os.getpid())}
+    assert not is_dead_predecessor(replace(dead, pid_namespace="other-boot/pid:[1]"))
+    assert not is_dead_predecessor(replace(dead, pid_namespace=None))
+    me = replace(dead, pid=os.getpid(), pid_ticks=start_ticks(os.getpid()))
     assert not is_dead_predecessor(me), "a running daemon"
-    assert is_dead_predecessor({**me, "pid_ticks": me["pid_ticks"] - 1}), "its pid reused"
+    assert is_dead_predecessor(replace(me, pid_ticks=(me.pid_ticks or 0) - 1)), "its pid reused"
     # Only a record with start ticks (not the wall-clock start a clock step moves).
-    assert not is_dead_predecessor({k: v for k, v in dead.items() if k != "pid_ticks"})
+    assert not is_dead_predecessor(replace(dead, pid_ticks=None))
 
 
 def test_a_killed_daemon_restarted_takes_its_node_back_at_once(cluster: Cluster) -> None:
