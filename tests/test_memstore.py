@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from ringd.errors import EtcdUnavailable, WatchBroken
@@ -92,7 +93,7 @@ async def test_a_watch_breaks_when_the_store_goes_down() -> None:
                 await etcd.watch("/", 1, ignore)
 
         nursery.start_soon(watch)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         etcd.fail()
     etcd.compact()
     etcd.recover()
