@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .errors import EtcdUnavailable
+from .procfs import cpu_and_rss
+from .procfs import start_time as start_time  # re-exported: tests/test_figures.py
 
 if TYPE_CHECKING:
     from .etcd import Etcd
@@ -23,47 +24,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def read_proc(pid: int) -> tuple[float, int]:
-    """(CPU seconds, user + system; RSS in bytes) of a process, from /proc.
-
-    Two small reads instead of psutil's Process (~100 us per pid against ~30 here):
-    the periodic publication reads every child, and with 1,000 children psutil
-    alone cost a third of the daemon's idle CPU budget. The figures are the same
-    ones psutil reports (``cpu_times`` user + system, ``memory_info().rss``).
-    """
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    with open(f"/proc/{pid}/statm", "rb") as f:
-        statm = f.read()
-    fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / _TICKS, int(statm.split()[1]) * _PAGE
-
-
-def _boot_time() -> float:
-    with open("/proc/stat", "rb") as f:
-        for line in f:
-            if line.startswith(b"btime "):
-                return float(line.split()[1])
-    raise OSError("no btime in /proc/stat")
-
-
-def start_time(pid: int) -> float:
-    """When process ``pid`` started, in seconds since the epoch: the value psutil's
-    ``Process.create_time()`` gives (boot time + the start tick in /proc/<pid>/stat),
-    without importing psutil (2.6 MiB of the daemon's RSS) for one field.
-
-    Raises:
-        OSError: there is no such process.
-    """
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
-    return ticks / _TICKS + _boot_time()
+read_proc = cpu_and_rss  # its name when it lived here (tests/test_figures.py)
 
 
 class Figures:
@@ -87,7 +48,7 @@ class Figures:
         if last is not None and now - last[1] < self.fresh:
             return last[2], last[3]
         try:
-            cpu, rss = read_proc(pid)
+            cpu, rss = cpu_and_rss(pid)
         except (OSError, ValueError, IndexError):  # gone (or a zombie's empty statm)
             self._last.pop(pid, None)
             return None

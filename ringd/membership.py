@@ -26,8 +26,8 @@ import trio
 
 from . import __version__, metrics, records
 from .errors import EtcdUnavailable
-from .figures import start_time
-from .guard import kill_instance, start_ticks
+from .guard import kill_instance
+from .procfs import start_ticks, start_time
 from .records import Alive, InvalidRecord, NodeStatus, Status, encode
 
 if TYPE_CHECKING:
