@@ -2,7 +2,8 @@
 updated in place by each change, the most recent changes first.
 
 Pure: it is fed the daemon's ``nodes`` and ``which_children`` answers (the state
-when the watch starts) and then the watch's events; rendering is rich's.
+when the watch starts) and then the watch's events; rendering is rich's, in the
+states' colours of every other command (``format.STATE_STYLES``).
 """
 
 from __future__ import annotations
@@ -15,21 +16,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-_COLOURS = {
-    "online": "green",
-    "running": "green",
-    "offline": "red",
-    "failed": "red",
-    "fenced": "red",
-    "restarting": "yellow",
-    "backoff": "yellow",
-    "starting": "yellow",
-    "stopping": "yellow",
-}
-
-
-def _state(state: str | None) -> Text:
-    return Text(state or "-", style=_COLOURS.get(state or "", ""))
+from .format import state_text
 
 
 class LiveTable:
@@ -97,7 +84,9 @@ class LiveTable:
         if self.what in ("nodes", "all"):
             nodes = Table("node", "status", "since", "reason", title="nodes", title_justify="left")
             for name, row in sorted(self.nodes.items()):
-                nodes.add_row(name, _state(row["status"]), _ago(row["changed"], now), row["reason"])
+                nodes.add_row(
+                    name, state_text(row["status"]), _ago(row["changed"], now), row["reason"]
+                )
             parts.append(nodes)
         if self.what in ("children", "all"):
             recent = sorted(
@@ -112,7 +101,7 @@ class LiveTable:
             for key, row in shown:
                 children.add_row(
                     key,
-                    _state(row.get("state")),
+                    state_text(row.get("state")),
                     row.get("node") or "-",
                     str(row["pid"]) if row.get("pid") else "-",
                     str(row["restarts"]) if row.get("restarts") is not None else "-",

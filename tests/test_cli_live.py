@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from ringctl import main as ctl
+from ringctl import format as fmt
 from ringctl.live import LiveTable
 
 from .test_cli_unit import FakeDaemon, daemon, run  # noqa: F401 - the fixture
@@ -91,7 +91,7 @@ def test_watch_on_a_terminal_draws_the_table(
 ) -> None:
     screen = io.StringIO()
     monkeypatch.setattr(
-        ctl, "console", Console(file=screen, force_terminal=True, color_system=None, width=160)
+        fmt, "console", Console(file=screen, force_terminal=True, color_system=None, width=160)
     )
     daemon.results["nodes"] = [{"node": "n1", "status": "online", "reason": ""}]
     daemon.results["which_children"] = [

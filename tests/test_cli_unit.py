@@ -17,7 +17,9 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
+from ringctl import format as fmt
 from ringctl import main as ctl
+from ringctl import specs
 from ringd import protocol
 
 if TYPE_CHECKING:
@@ -220,12 +222,12 @@ def daemon() -> Iterator[FakeDaemon]:
 @pytest.fixture(autouse=True)
 def plain_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
     """No colour and a wide page, whatever terminal pytest itself runs on."""
-    monkeypatch.setattr(ctl, "console", Console(color_system=None, width=200))
-    monkeypatch.setattr(ctl, "err_console", Console(stderr=True, color_system=None, width=200))
+    monkeypatch.setattr(fmt, "console", Console(color_system=None, width=200))
+    monkeypatch.setattr(fmt, "err_console", Console(stderr=True, color_system=None, width=200))
     monkeypatch.delenv("RINGD_SOCKET", raising=False)
     # Uptimes and "ago" are rendered against NOW, however long the tests have run.
     monkeypatch.setattr(
-        ctl, "time", types.SimpleNamespace(time=lambda: NOW, strftime=time.strftime)
+        fmt, "time", types.SimpleNamespace(time=lambda: NOW, strftime=time.strftime)
     )
 
 
@@ -535,7 +537,7 @@ def test_delete_child(daemon: FakeDaemon) -> None:
     [(None, "-"), (0, "0B"), (1023, "1023B"), (1536, "1.5K"), (5 * 1024**3, "5.0G")],
 )
 def test_human_bytes(size: int | None, shown: str) -> None:
-    assert ctl.human_bytes(size) == shown
+    assert fmt.human_bytes(size) == shown
 
 
 # -- groups --------------------------------------------------------------------------
@@ -809,14 +811,14 @@ def test_start_child_replicas_affinity_handoff(daemon: FakeDaemon) -> None:
 
 def test_spec_batches_split_by_count_and_by_size() -> None:
     small = [{"id": f"c{i}", "argv": ["true"]} for i in range(2500)]
-    assert [(start, len(chunk)) for start, chunk in ctl.spec_batches(small)] == [
+    assert [(start, len(chunk)) for start, chunk in specs.spec_batches(small)] == [
         (0, 1000),
         (1000, 1000),
         (2000, 500),
     ]
     # 300 specs of ~10 KiB each: 3 MiB, more than one request line holds.
     big = [{"id": f"b{i}", "argv": ["true"], "env": {"X": "x" * 10_000}} for i in range(300)]
-    batches = list(ctl.spec_batches(big))
+    batches = list(specs.spec_batches(big))
     assert len(batches) == 3
     assert [start for start, _ in batches] == [0, batches[1][0], batches[2][0]]
     assert sum(len(chunk) for _, chunk in batches) == 300
@@ -826,5 +828,5 @@ def test_spec_batches_split_by_count_and_by_size() -> None:
 
 
 def test_shift_spec_index_names_the_place_in_the_file() -> None:
-    assert ctl.shift_spec_index("specs[3].argv: bad", 2000) == "specs[2003].argv: bad"
-    assert ctl.shift_spec_index("specs: must be a list", 1000) == "specs: must be a list"
+    assert specs.shift_spec_index("specs[3].argv: bad", 2000) == "specs[2003].argv: bad"
+    assert specs.shift_spec_index("specs: must be a list", 1000) == "specs: must be a list"

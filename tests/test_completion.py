@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ringctl.main import SHELLS
+from ringctl.completion import SHELLS
 
 if TYPE_CHECKING:
     from .conftest import Cluster

@@ -21,6 +21,7 @@ import msgspec
 import pytest
 
 import ringd
+from ringctl import app
 from ringctl import main as ctl
 from ringd import __main__ as ringd_main
 from ringd.config import Config
@@ -203,7 +204,7 @@ def test_ringctl_page_documents_every_command_and_option() -> None:
 
 
 def test_ringctl_page_lists_every_exit_code() -> None:
-    codes = {v for k, v in vars(ctl).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    codes = {v for k, v in vars(app).items() if k.startswith("EXIT_") and isinstance(v, int)}
     body = sections("ringctl.1")["EXIT STATUS"]
     listed = {int(line[3:]) for line in body if re.fullmatch(r"\.B \d+", line)}
     assert listed == codes

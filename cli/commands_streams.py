@@ -1,0 +1,122 @@
+"""Commands that follow a stream from the daemon until it ends or Ctrl-C: ``logs``
+(and ``logs -f``) and ``watch``, whose live table on a terminal is ``live.py``'s."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .app import as_json, call, cli, daemon_errors, emit, json_option, pass_client, stream_events
+from .completion import complete_child_id
+from .format import live_display, on_terminal, text_line
+from .live import LiveTable
+
+if TYPE_CHECKING:
+    from ringd.protocol import Client
+
+# -- formatters ----------------------------------------------------------------------
+
+
+def show_log(info: dict[str, Any]) -> None:
+    # Raw: a child's output is not rich markup.
+    for line in info.get("lines") or []:
+        click.echo(line)
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One line for a watch event, as ``watch`` prints it into a pipe."""
+    kind = event.get("kind")
+    if kind == "node":
+        reason = f" ({event['reason']})" if event.get("reason") else ""
+        return f"node {event['node']}: {event['old_status']} -> {event['status']}{reason}"
+    if kind == "child":
+        where = f" on {event['node']}" if event.get("node") else ""
+        pid = f" pid {event['pid']}" if event.get("pid") else ""
+        return f"child {event['id']}: {event.get('state') or event['event']}{where}{pid}"
+    if kind == "spec":
+        return f"spec {event['id']} {event['event']}"
+    if kind == "group":
+        reason = f" ({event['reason']})" if event.get("reason") else ""
+        return f"group {event['name']}: {event.get('state') or event['event']}{reason}"
+    return json.dumps(event)
+
+
+def show_event(event: dict[str, Any] | None) -> None:
+    text_line(f"{time.strftime('%H:%M:%S')} {describe_event(event or {})}")
+
+
+def echo_json(item: Any) -> None:
+    click.echo(json.dumps(item))
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+@cli.command("logs")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="How many of the last lines to show.",
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@json_option
+@pass_client
+def logs(client: Client, child_id: str, lines: int, follow: bool) -> None:
+    """Show a child's output (stdout and stderr) from this node's log.
+
+    Only the node the child runs on has it: ask that node's ringctl.
+    """
+    if follow:
+        follow_logs(client, child_id, lines)
+        return
+    emit(call(client, "logs", id=child_id, lines=lines), show_log)
+
+
+def follow_logs(client: Client, child_id: str, lines: int) -> None:
+    """Echo the ``logs_follow`` stream until the daemon closes it or Ctrl-C."""
+    show = echo_json if as_json() else click.echo
+    stream_events(client, show, "logs_follow", id=child_id, lines=lines)
+
+
+@cli.command("watch")
+@click.argument("what", type=click.Choice(["nodes", "children", "all"]), default="all")
+@json_option
+@pass_client
+def watch(client: Client, what: str) -> None:
+    """Stream changes as they happen: node_update events, children, or all.
+
+    On a terminal, a live table of every node and child, updated in place; one
+    JSON object per line with --json; a timestamped line per change when the
+    output is not a terminal (a pipe, a file).
+    """
+    if as_json():
+        stream_events(client, echo_json, "watch", what=what)
+    elif on_terminal():
+        live_watch(client, what)
+    else:
+        stream_events(client, show_event, "watch", what=what)
+
+
+def live_watch(client: Client, what: str) -> None:
+    """The live table: the state now (nodes, which-children), then every change."""
+    table = LiveTable(what)
+    with daemon_errors(client):
+        table.seed(
+            client.call("nodes") if what in ("nodes", "all") else [],
+            client.call("which_children") if what in ("children", "all") else [],
+        )
+    with live_display(table.render()) as live:
+
+        def show(event: dict[str, Any] | None) -> None:
+            table.apply(event or {})
+            live.update(table.render(), refresh=True)
+
+        stream_events(client, show, "watch", what=what)
