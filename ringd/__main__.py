@@ -63,12 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     from . import daemon  # imports etcd3/grpc: only when actually starting
 
+    problems: list[str] = []
     try:
         trio.run(daemon.run, config)
-    except ConfigError as exc:
-        logging.getLogger("ringd").error("%s", exc)
-        return 2
-    return 0
+    except* ConfigError as group:
+        # Raised inside the daemon's nursery, it arrives in an exception group:
+        # one line per problem, no traceback.
+        problems = [str(leaf) for leaf in _leaves(group)]
+    for problem in problems:
+        print(f"ringd: {problem}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def _leaves(group: BaseExceptionGroup[ConfigError]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for leaf in group.exceptions:
+        out.extend(_leaves(leaf) if isinstance(leaf, BaseExceptionGroup) else [leaf])
+    return out
 
 
 if __name__ == "__main__":

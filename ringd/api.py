@@ -160,9 +160,9 @@ class Api:
             "moves_pending": self.reconciler.moves_pending,
             "labels": self.config.labels,
             "groups_failed": {
-                name: f"{record.node}: {record.reason}"
-                for name, (record, _) in self.reconciler.groups().items()
-                if record.state == "failed"
+                name: f"{stored.value.node}: {stored.value.reason}"
+                for name, stored in self.reconciler.groups().items()
+                if stored.value.state == "failed"
             },
         }
 
@@ -365,8 +365,8 @@ class Api:
 
     async def groups(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         return [
-            self._group_row(name, record)
-            for name, (record, _) in sorted(self.reconciler.groups().items())
+            self._group_row(name, stored.value)
+            for name, stored in sorted(self.reconciler.groups().items())
         ]
 
     async def delete_group(self, args: dict[str, Any]) -> dict[str, Any]:

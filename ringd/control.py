@@ -88,6 +88,25 @@ class ControlServer:
         self.max_line = max_line
         self._limit = trio.Semaphore(max_connections)
         self._busy = trio.CapacityLimiter(max_concurrent_ops)
+        self._sock: trio.socket.SocketType | None = None
+
+    def bind(self) -> None:
+        """Take the socket now (before the node joins the cluster: a daemon that
+        cannot serve must never take children away from healthy nodes).
+
+        Raises:
+            ConfigError: another daemon serves it, or its group does not exist.
+        """
+        if self._sock is None:
+            self._sock = self._bind()
+
+    def close(self) -> None:
+        """Give the socket up (if taken and not served yet: ``run`` gives it up itself)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
     def _bind(self) -> trio.socket.SocketType:
         path = Path(self.path)
@@ -118,10 +137,11 @@ class ControlServer:
         sock.listen(128)
         return trio.socket.from_stdlib_socket(sock)
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        sock = self._bind()
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.bind()
+        assert self._sock is not None
         try:
-            listener = trio.SocketListener(sock)
+            listener = trio.SocketListener(self._sock)
             async with trio.open_nursery() as nursery:
                 await nursery.start(trio.serve_listeners, self._serve, [listener])
                 task_status.started()

@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-import functools
 import logging
+import math
 import os
 import resource
 import secrets
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
-from . import metrics
 from .api import Api
 from .control import ControlServer
 from .errors import EtcdUnavailable
 from .etcd import TLS, Etcd
-from .figures import Figures
+from .figures import Figures, Publisher
 from .guard import Guard
 from .handoff import Handoff
 from .hooks import Hooks
 from .keys import Keys
 from .membership import Membership
+from .metrics import MetricsServer
 from .reconciler import Reconciler
 from .sdnotify import Notifier
 from .standalone import PrivateEtcd
-from .supervisor import Supervisor
+from .supervisor import Supervisor, SupervisorEvent
 from .view import ClusterView
 
 if TYPE_CHECKING:
@@ -51,34 +52,25 @@ def raise_fd_limit() -> int:
     return soft
 
 
-async def run(config: Config) -> None:
-    """Run the daemon until SIGTERM or SIGINT, then leave the cluster cleanly."""
-    limit = raise_fd_limit()
-    if limit < 4096:
-        logger.warning("open-files limit %d: at most ~%d children", limit, limit // 2 - 50)
-    # First, before anything is spawned: it takes systemd's variables out of the
-    # environment that the private etcd, the guard and the children inherit.
-    notifier = Notifier.from_environ()
-    state_dir = Path(config.state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    private: PrivateEtcd | None = None
-    endpoints = list(config.etcd)
-    if config.standalone:
-        private = PrivateEtcd(state_dir / "etcd", log_path=state_dir / "etcd.log")
-        logger.info("standalone mode: starting a private etcd in %s", private.data_dir)
-        notifier.status("starting the private etcd")
-        private.spawn(die_with_parent=True)  # on the main thread: see spawn()
-        await trio.to_thread.run_sync(private.wait_ready)
-        endpoints = [private.url]
-    try:
-        await _serve(config, endpoints, notifier)
-    finally:
-        if private is not None:
-            logger.info("stopping the private etcd")
-            await trio.to_thread.run_sync(private.stop)
+@dataclass(eq=False)
+class Parts:
+    """The daemon's long-running parts, built (no I/O yet) before any starts."""
+
+    etcd: Etcd
+    guard: Guard
+    view: ClusterView
+    membership: Membership
+    supervisor: Supervisor
+    reconciler: Reconciler
+    control: ControlServer
+    publisher: Publisher
+    metrics: MetricsServer | None
+    hooks: Hooks | None
 
 
-async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> None:
+def build(config: Config, endpoints: list[str]) -> Parts:
+    """Every part, wired. Raises ConfigError for what the configuration gets wrong
+    (certificates that cannot be read, a bad endpoint) before anything starts."""
     etcd = Etcd(
         endpoints,
         timeout=config.etcd_timeout,
@@ -87,22 +79,31 @@ async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> No
         password=config.etcd_password,
     )
     keys = Keys(config.key_prefix)
+    state_dir = Path(config.state_dir)
     instance = secrets.token_hex(8)
     guard = Guard(instance)
-    guard.start()
     view = ClusterView(etcd, keys, resync_interval=config.resync_interval)
-    membership = Membership(
-        config=config, etcd=etcd, keys=keys, view=view, instance=instance, guard=guard
-    )
+    events_in, events_out = trio.open_memory_channel[SupervisorEvent](math.inf)
     supervisor = Supervisor(
         node=config.name,
-        log_dir=Path(config.state_dir) / "logs",
+        log_dir=state_dir / "logs",
         instance=instance,
         guard=guard,
         log_max_bytes=config.child_log_max_bytes,
         log_backups=config.child_log_backups,
         mirror_output=config.child_output_to_stderr,
-        may_run=membership.may_run,
+        # Resolved at call time: membership is built next (it kills the children).
+        may_run=lambda: membership.may_run(),
+        events=events_in,
+    )
+    membership = Membership(
+        config=config,
+        etcd=etcd,
+        keys=keys,
+        view=view,
+        instance=instance,
+        guard=guard,
+        on_fence=lambda reason: supervisor.kill_all(),
     )
     reconciler = Reconciler(
         node=config.name,
@@ -111,15 +112,11 @@ async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> No
         view=view,
         membership=membership,
         supervisor=supervisor,
-        handoff=Handoff(etcd=etcd, keys=keys, directory=Path(config.state_dir) / "handoff"),
+        handoff=Handoff(etcd=etcd, keys=keys, directory=state_dir / "handoff"),
+        events=events_out,
         resync_interval=config.resync_interval,
         rebalance_rate=config.rebalance_rate,
     )
-    supervisor.on_change = reconciler.child_changed
-    supervisor.on_group_failed = reconciler.on_group_failed
-    membership.on_fence = reconciler.on_fence
-    if config.metrics_address:
-        metrics.serve(config.metrics_address, supervisor)
     figures = Figures()
     api = Api(
         config=config,
@@ -138,10 +135,76 @@ async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> No
         mode=config.socket_mode,
         group=config.socket_group,
     )
+    publisher = Publisher(
+        figures,
+        etcd=etcd,
+        keys=keys,
+        node=config.name,
+        supervisor=supervisor,
+        membership=membership,
+        interval=config.figures_interval,
+    )
+    hooks = None
+    if config.hooks_dir:
+        hooks = Hooks(
+            directory=config.hooks_dir,
+            timeout=config.hook_timeout,
+            node=config.name,
+            cluster=config.cluster,
+            view=view,
+            keys=keys,
+            instance=instance,
+        )
+    served = MetricsServer(config.metrics_address, supervisor) if config.metrics_address else None
+    return Parts(
+        etcd, guard, view, membership, supervisor, reconciler, control, publisher, served, hooks
+    )
+
+
+async def run(config: Config) -> None:
+    """Run the daemon until SIGTERM or SIGINT, then leave the cluster cleanly.
+
+    Raises:
+        ConfigError: something local is wrong (the socket is served by another
+            daemon, a certificate cannot be read): found before the node joins.
+    """
+    limit = raise_fd_limit()
+    if limit < 4096:
+        logger.warning("open-files limit %d: at most ~%d children", limit, limit // 2 - 50)
+    # First, before anything is spawned: it takes systemd's variables out of the
+    # environment that the private etcd, the guard and the children inherit.
+    notifier = Notifier.from_environ()
+    state_dir = Path(config.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private: PrivateEtcd | None = None
+    endpoints = list(config.etcd)
+    if config.standalone:
+        private = PrivateEtcd(state_dir / "etcd", log_path=state_dir / "etcd.log")
+        endpoints = [private.url]
+    parts = build(config, endpoints)
+    # Everything that can fail here fails before the node joins (and before the
+    # private etcd starts): a daemon that then failed would have taken children
+    # away from healthy nodes for a lease TTL.
+    parts.control.bind()
+    try:
+        if private is not None:
+            logger.info("standalone mode: starting a private etcd in %s", private.data_dir)
+            notifier.status("starting the private etcd")
+            private.spawn(die_with_parent=True)  # on the main thread: see spawn()
+            await trio.to_thread.run_sync(private.wait_ready)
+        await _serve(config, parts, endpoints, notifier)
+    finally:
+        parts.control.close()
+        if private is not None:
+            logger.info("stopping the private etcd")
+            await trio.to_thread.run_sync(private.stop)
+
+
+async def _serve(config: Config, parts: Parts, endpoints: list[str], notifier: Notifier) -> None:
     serving = f"serving: node {config.name}, cluster {config.cluster}, socket {config.socket}"
 
     def status() -> str:
-        if membership.fenced:
+        if parts.membership.fenced:
             return "fenced: etcd unreachable, local children stopped; retrying"
         return serving
 
@@ -154,34 +217,18 @@ async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> No
 
                 async def start_up() -> None:
                     with starting:
+                        await nursery.start(parts.guard.run)  # before any child exists
+                        if parts.metrics is not None:
+                            await nursery.start(parts.metrics.run)
                         notifier.status(f"registering with etcd at {', '.join(endpoints)}")
-                        await nursery.start(view.run)
-                        await nursery.start(supervisor.run)
-                        await nursery.start(membership.run)
-                        await nursery.start(reconciler.run)
-                        await nursery.start(control.run)
-                        nursery.start_soon(
-                            functools.partial(
-                                figures.publish,
-                                etcd=etcd,
-                                keys=keys,
-                                node=config.name,
-                                supervisor=supervisor,
-                                membership=membership,
-                                interval=config.figures_interval,
-                            )
-                        )
-                        if config.hooks_dir:
-                            hooks = Hooks(
-                                directory=config.hooks_dir,
-                                timeout=config.hook_timeout,
-                                node=config.name,
-                                cluster=config.cluster,
-                                view=view,
-                                keys=keys,
-                                instance=instance,
-                            )
-                            await nursery.start(hooks.run)
+                        await nursery.start(parts.view.run)
+                        await nursery.start(parts.supervisor.run)
+                        await nursery.start(parts.membership.run)
+                        await nursery.start(parts.reconciler.run)
+                        await nursery.start(parts.control.run)
+                        await nursery.start(parts.publisher.run)
+                        if parts.hooks is not None:
+                            await nursery.start(parts.hooks.run)
                         logger.info(
                             "ringd %s ready: node %s, cluster %s, socket %s",
                             os.getpid(), config.name, config.cluster, config.socket,
@@ -196,11 +243,11 @@ async def _serve(config: Config, endpoints: list[str], notifier: Notifier) -> No
                     break
                 starting.cancel()  # if still starting: stop there and leave
                 notifier.stopping("leaving the cluster: stopping children, releasing claims")
-                await _leave(config, reconciler, membership)
+                await _leave(config, parts.reconciler, parts.membership)
+                parts.guard.close()  # the children are stopped: the guard may go
                 nursery.cancel_scope.cancel()
-        guard.close()
     finally:
-        etcd.close()
+        parts.etcd.close()
 
 
 async def _leave(config: Config, reconciler: Reconciler, membership: Membership) -> None:

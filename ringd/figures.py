@@ -5,16 +5,16 @@ children, and published every ``figures_interval`` under ``nodes/<n>/figures``
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
 from .errors import EtcdUnavailable
 from .procfs import cpu_and_rss
 from .procfs import start_time as start_time  # re-exported: tests/test_figures.py
+from .records import NodeFigures, encode
 
 if TYPE_CHECKING:
     from .etcd import Etcd
@@ -62,8 +62,14 @@ class Figures:
         for pid in self._last.keys() - pids:
             del self._last[pid]
 
-    async def publish(
+
+class Publisher:
+    """Puts this node's figures in etcd every ``interval`` seconds, under its lease
+    (only when they changed: idle children cause no write and no watch event)."""
+
+    def __init__(
         self,
+        figures: Figures,
         *,
         etcd: Etcd,
         keys: Keys,
@@ -72,23 +78,32 @@ class Figures:
         membership: Membership,
         interval: float,
     ) -> None:
-        """Put this node's figures in etcd every ``interval`` seconds (while it has children)."""
-        published: tuple[int | None, dict[str, Any] | None] = (None, None)  # lease, figures
+        self.figures = figures
+        self.etcd = etcd
+        self.key = keys.figures(node)
+        self.supervisor = supervisor
+        self.membership = membership
+        self.interval = interval
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        published: tuple[int | None, NodeFigures | None] = (None, None)  # lease, figures
         while True:
-            await trio.sleep(interval)
-            lease = membership.lease_id
+            await trio.sleep(self.interval)
+            lease = self.membership.lease_id
             if lease is None:
                 continue
-            figures: dict[str, Any] = {}
-            for key, child in list(supervisor.children.items()):
-                if (measured := self.of(child.pid)) is not None:
+            figures: NodeFigures = {}
+            children = self.supervisor.children
+            for key, child in list(children.items()):
+                if (measured := self.figures.of(child.pid)) is not None:
                     # Rounded (64 KiB, 0.1 %), so that idle children make no change.
-                    figures[key] = [measured[0] >> 16 << 16, round(measured[1], 1)]
-            self.forget_others({c.pid for c in supervisor.children.values() if c.pid})
+                    figures[key] = (measured[0] >> 16 << 16, round(measured[1], 1))
+            self.figures.forget_others({c.pid for c in children.values() if c.pid})
             if published == (lease, figures):
-                continue  # the same again: no write, and no watch event on every node
+                continue
             try:
-                await etcd.put(keys.figures(node), json.dumps(figures).encode(), lease=lease)
+                await self.etcd.put(self.key, encode(figures), lease=lease)
                 published = (lease, figures)
             except EtcdUnavailable as exc:
                 logger.debug("cannot publish figures: %s", exc)

@@ -31,6 +31,8 @@ from .procfs import environ_scan, start_ticks
 if TYPE_CHECKING:
     from collections.abc import Collection
 
+    import trio
+
 logger = logging.getLogger(__name__)
 
 
@@ -172,6 +174,15 @@ class Guard:
             told.append(f"deadline {self._deadline:.3f}\n")
         if told:
             self._write("".join(told).encode())
+
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Start the guard process; it stays until ``close`` (a clean leave). Not
+        closed when the daemon ends otherwise: the guard then kills the children."""
+        import trio  # here: the guard process itself runs without trio
+
+        self.start()
+        task_status.started()
+        await trio.sleep_forever()
 
     def _send(self, line: bytes) -> None:
         """Send to the guard, starting a new one if it is gone. Never raises: this

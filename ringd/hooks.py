@@ -19,13 +19,26 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .membership import decode
+from . import records
 
 if TYPE_CHECKING:
+    from .etcd import KV
     from .keys import Keys
+    from .records import Claim, Status
+    from .spec import GroupRecord
     from .view import Change, ClusterView
 
 logger = logging.getLogger(__name__)
+
+
+def _record(kv: KV | None, kind: str, name: str, sub: str = "") -> Any:
+    """The record in ``kv``, or None if absent or not a record of its kind."""
+    if kv is None or not kv.value:
+        return None
+    try:
+        return records.decode(kind, sub, name, kv.value)
+    except records.InvalidRecord:
+        return None  # the view has logged it
 
 
 def node_update(change: Change, keys: Keys) -> dict[str, Any] | None:
@@ -33,17 +46,21 @@ def node_update(change: Change, keys: Keys) -> dict[str, Any] | None:
     parsed = keys.parse(change.kv.key)
     if parsed is None or parsed[0] != "nodes" or parsed[2] != "status":
         return None
-    new = decode(change.kv) if change.kind == "put" else {}
-    old = decode(change.previous) if change.previous is not None else {}
+    node = parsed[1]
+    new: Status | None = _record(change.kv, "nodes", node, "status")
+    old: Status | None = None
+    if change.previous is not None:
+        old = _record(change.previous, "nodes", node, "status")
     if change.kind == "put" and new == old:
         return None
+    new = new if change.kind == "put" else None
     return {
         "kind": "node",
-        "node": parsed[1],
-        "status": new.get("status", "forgotten"),
-        "old_status": old.get("status", "none"),
-        "reason": new.get("reason", ""),
-        "last_change": new.get("last_change"),
+        "node": node,
+        "status": new.status if new else "forgotten",
+        "old_status": old.status if old else "none",
+        "reason": new.reason if new else "",
+        "last_change": new.last_change if new else None,
     }
 
 
@@ -58,27 +75,28 @@ def child_update(change: Change, keys: Keys) -> dict[str, Any] | None:
         event = "deleted" if deleted else ("changed" if change.previous else "created")
         return {"kind": "spec", "id": name, "event": event}
     if kind == "claims":
-        claim = {} if deleted else decode(change.kv)
+        claim: Claim | None = None if deleted else _record(change.kv, "claims", name)
+        # A delete carries no value: the node is the one that held the claim.
+        held: Claim | None = _record(change.previous, "claims", name) if deleted else claim
         return {
             "kind": "child",
             "id": name,
             "event": "released"
             if deleted
             else ("claimed" if change.previous is None else "updated"),
-            # A delete carries no value: the node is the one that held the claim.
-            "node": (decode(change.previous) if deleted else claim).get("node"),
-            "pid": claim.get("pid"),
-            "state": claim.get("state", "released" if deleted else None),
-            "restarts": claim.get("restarts"),
+            "node": held.node if held else None,
+            "pid": claim.pid if claim else None,
+            "state": claim.state if claim else ("released" if deleted else None),
+            "restarts": claim.restarts if claim else None,
         }
     if kind == "groups":
-        record = {} if deleted else decode(change.kv)
+        group: GroupRecord | None = None if deleted else _record(change.kv, "groups", name)
         return {
             "kind": "group",
             "name": name,
             "event": "deleted" if deleted else "changed",
-            "state": record.get("state"),
-            "reason": record.get("reason", ""),
+            "state": group.state if group else None,
+            "reason": group.reason if group else "",
         }
     return None
 
@@ -122,7 +140,7 @@ class Hooks:
             if p.is_file() and os.access(p, os.X_OK) and not p.name.startswith(".")
         ]
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.view.subscribe() as changes:
             task_status.started()
             async for change in changes:

@@ -15,6 +15,10 @@ import bisect
 import logging
 from typing import TYPE_CHECKING, Any
 
+import trio
+
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -123,11 +127,30 @@ class _Collector:
         yield claims
 
 
-def serve(address: str, supervisor: Supervisor) -> None:
-    """Start the HTTP endpoint (a daemon thread) at ``host:port``."""
-    from prometheus_client import REGISTRY, start_http_server
+class MetricsServer:
+    """The Prometheus endpoint at ``host:port`` (prometheus_client's HTTP server,
+    in a thread of its own), for as long as ``run`` runs."""
 
-    host, _, port = address.rpartition(":")
-    REGISTRY.register(_Collector(supervisor))
-    start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
-    logger.info("metrics on http://%s/metrics", address)
+    def __init__(self, address: str, supervisor: Supervisor) -> None:
+        self.address = address
+        self.supervisor = supervisor
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from prometheus_client import REGISTRY, start_http_server
+
+        host, _, port = self.address.rpartition(":")
+        collector = _Collector(self.supervisor)
+        REGISTRY.register(collector)
+        try:
+            server, _ = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
+        except OSError as exc:
+            REGISTRY.unregister(collector)
+            raise ConfigError(f"metrics_address: cannot listen on {self.address}: {exc}") from exc
+        logger.info("metrics on http://%s/metrics", self.address)
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            server.shutdown()
+            server.server_close()
+            REGISTRY.unregister(collector)

@@ -1,5 +1,6 @@
-"""Desired (the instances placement gives this node) versus actual (the local
-supervisor).
+"""Makes the local supervisor run what the desired state gives this node: the half
+of reconciling that acts (claims, starts, stops, handoff), on the decisions of
+``desired.py``.
 
 The one rule that keeps an instance at most once: start only after creating its
 claim (``claims/<key>``, create-if-absent under this node's lease), and stop it
@@ -11,21 +12,20 @@ node are paced by ``rebalance_rate``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import trio
 
-from .errors import EtcdUnavailable, InvalidSpec
-from .membership import decode
-from .placement import Instance, NodeInfo, Placer
-from .spec import ChildSpec, GroupRecord, encode, parse_child, parse_group_record
-from .supervisor import Child, State
+from . import desired
+from .desired import DesiredState, Inputs, MovePacer
+from .errors import EtcdUnavailable
+from .records import Claim, encode
+from .supervisor import Child, ChildChanged, State, SupervisorEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -34,8 +34,10 @@ if TYPE_CHECKING:
     from .handoff import Handoff
     from .keys import Keys
     from .membership import Membership
+    from .placement import Instance, NodeInfo
+    from .spec import ChildSpec, GroupRecord
     from .supervisor import Supervisor
-    from .view import ClusterView
+    from .view import ClusterView, Stored
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,7 +49,12 @@ def _batches(items: list[T], size: int) -> Iterator[list[T]]:
 
 
 class Reconciler:
-    """Makes the local supervisor run exactly what the ring assigns to this node."""
+    """Makes the local supervisor run exactly what the ring assigns to this node.
+
+    Args:
+        events: what the supervisor reports (``ChildChanged``, ``GroupFailed``).
+        clock: wall-clock time (group failure times and retries are unix times).
+    """
 
     def __init__(
         self,
@@ -59,8 +66,10 @@ class Reconciler:
         membership: Membership,
         supervisor: Supervisor,
         handoff: Handoff,
+        events: trio.MemoryReceiveChannel[SupervisorEvent],
         resync_interval: float = 30.0,
         rebalance_rate: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.node = node
         self.etcd = etcd
@@ -68,229 +77,130 @@ class Reconciler:
         self.view = view
         self.membership = membership
         self.supervisor = supervisor
+        self.handoff = handoff
+        self.events = events
         self.resync_interval = resync_interval
+        self.clock = clock
         self.stopping = False
+        self.state = DesiredState()
+        self.pacer = MovePacer(rebalance_rate, trio.current_time)
+        self.moves_pending = 0
         self._wake = trio.Event()
         self._dirty_claims: set[str] = set()
         self._claims_dirty = trio.Event()
-        # kind -> name -> (mod_revision, parsed value or None if invalid)
-        self._cache: dict[str, dict[str, tuple[int, Any]]] = {}
         self._failed_here: dict[str, str] = {}  # groups that failed on this node -> reason
-        self.placer = Placer()
-        self._placed_for: tuple[frozenset[Any], frozenset[Any]] | None = None
-        self._placed: dict[str, list[Instance]] = {}  # spec id -> instances, start order
-        self._placed_version = -1  # the view version _placed was computed at
+        self._placed_version = -1  # the view version the placement was computed at
         self._specs: dict[str, ChildSpec] = {}  # valid specs, start order
-        self._node_infos: dict[str, tuple[int, NodeInfo]] = {}  # decoded once per revision
-        self._to_place: set[str] = set()  # specs changed since the last place()
+        self._changed_specs: set[str] = set()  # since the last placement
         self._spec_cursor: tuple[int, int] | None = None  # into view.changes("children")
         self._claim_limiter = trio.CapacityLimiter(32)
-        self.handoff = handoff
-        self.rebalance_rate = rebalance_rate
-        self.moves_pending = 0
-        self._move_tokens = max(rebalance_rate, 1.0)
-        self._move_time = trio.current_time()
-        self._next_retry = math.inf  # unix time of the next failed-group retry
+        self._next_retry = math.inf  # unix time of the next failed-group retry or move
         self._lease: int | None = None  # the lease of the previous pass
 
     # -- reading the view -------------------------------------------------------------
 
     def nodes(self) -> dict[str, NodeInfo]:
         """The nodes children may be placed on: online and not draining."""
-        drained = self.view.live("nodes", "drain")
-        out = {}
-        for name, kv in self.view.live("nodes", "alive").items():
-            if name in drained:
-                continue
-            known = self._node_infos.get(name)
-            if known is None or known[0] != kv.mod_revision:
-                info = decode(kv)
-                labels = info.get("labels")
-                labels = labels if isinstance(labels, dict) else {}
-                groups = info.get("groups")
-                groups = groups if isinstance(groups, list) else []
-                node = NodeInfo(name, labels, frozenset(g for g in groups if isinstance(g, str)))
-                known = self._node_infos[name] = (kv.mod_revision, node)
-            out[name] = known[1]
-        return out
+        alive = {name: stored.value for name, stored in self.view.alive_nodes().items()}
+        return desired.eligible_nodes(alive, self.view.live("nodes", "drain").keys())
 
-    def _parsed(
-        self, kind: str, parse: Callable[[bytes], Any], name_of: Callable[[Any], str]
-    ) -> dict[str, tuple[Any, KV]]:
-        """Every valid value of one kind in the view, parsed once per revision;
-        corrupt ones (written by a third party) are logged once and skipped."""
-        cache = self._cache.setdefault(kind, {})
-        out = {}
-        kvs = self.view.by_kind(kind)
-        for name, kv in kvs.items():
-            value = self._parse_one(cache, kind, name, kv, parse, name_of)
-            if value is not None:
-                out[name] = (value, kv)
-        for gone in cache.keys() - kvs.keys():
-            del cache[gone]
-        return out
+    def groups(self) -> dict[str, Stored[GroupRecord]]:
+        return self.view.groups()
 
-    @staticmethod
-    def _parse_one(
-        cache: dict[str, tuple[int, Any]],
-        kind: str,
-        name: str,
-        kv: KV,
-        parse: Callable[[bytes], Any],
-        name_of: Callable[[Any], str],
-    ) -> Any:
-        cached = cache.get(name)
-        if cached is None or cached[0] != kv.mod_revision:
-            try:
-                value = parse(kv.value)
-                if name_of(value) != name:
-                    raise InvalidSpec("id", f"{name_of(value)!r} does not match key {kv.key!r}")
-            except InvalidSpec as exc:
-                logger.error("skipping invalid %s at %s: %s", kind, kv.key, exc)
-                value = None
-            cached = cache[name] = (kv.mod_revision, value)
-        return cached[1]
+    def inputs(self) -> Inputs:
+        drains = self.view.live("nodes", "drain").keys()
+        return Inputs(
+            nodes=self.nodes(),
+            groups={name: stored.value for name, stored in self.groups().items()},
+            draining=frozenset(n for n in self.view.live("nodes", "alive") if n in drains),
+        )
 
     def _sync_specs(self) -> None:
         """Bring ``_specs`` up to date with the view, one changed spec at a time (a
         burst of start-child calls must not cost a pass over every spec each)."""
         names, self._spec_cursor = self.view.changes("children", self._spec_cursor)
-        cache = self._cache.setdefault("children", {})
         if names is None:  # first time, or the view re-listed
-            self._specs, self._to_place = {}, set()
-            self._placed_for = None
-            names = list(self.view.by_kind("children"))  # in start order
-            for gone in cache.keys() - set(names):
-                del cache[gone]
+            self._specs = {name: s.value for name, s in self.view.specs().items()}
+            self._changed_specs = set(self._specs)
+            self._placed_version = -1
+            return
         for name in dict.fromkeys(names):
-            kv = self.view.get("children", name)
-            self._to_place.add(name)
-            if kv is None:
-                self._specs.pop(name, None)
-                cache.pop(name, None)
-                continue
-            known = self._specs.get(name)
-            if known is not None and cache[name][0] == kv.mod_revision:
-                continue
-            spec = self._parse_one(cache, "children", name, kv, parse_child, lambda s: s.id)
-            if spec is None:
+            self._changed_specs.add(name)
+            stored = self.view.spec(name)
+            if stored is None:
                 self._specs.pop(name, None)
             else:
-                self._specs[name] = spec  # a new spec goes last: the newest starts last
+                self._specs[name] = stored.value  # a new spec goes last: it starts last
 
     def specs(self) -> Mapping[str, ChildSpec]:
         """Every valid child spec, in the order they were created (their start order)."""
         self._sync_specs()
         return MappingProxyType(self._specs)
 
-    def groups(self) -> dict[str, tuple[GroupRecord, KV]]:
-        return self._parsed("groups", parse_group_record, lambda r: r.spec.name)
-
-    def blocked(self, spec: ChildSpec, groups: dict[str, tuple[GroupRecord, KV]]) -> str:
-        """Why a child may not run anywhere now ("" if it may)."""
-        if spec.group is None:
-            return ""
-        record = groups.get(spec.group)
-        if record is None:
-            return f"group {spec.group} does not exist"
-        if record[0].state == "failed":
-            return f"group {spec.group} failed: {record[0].reason}"
-        return ""
-
     def place(self) -> Mapping[str, list[Instance]]:
         """Every runnable spec's instances (spec id -> instances, master first), in
-        start order.
-
-        Kept from pass to pass: only specs that changed are placed again, and all of
-        them when the nodes or the groups change. A spec's list is replaced, never
-        changed, when it is placed again (``Listing`` compares them by identity).
-        """
+        start order; see ``DesiredState``."""
         if self._placed_version == self.view.version:
-            # Nothing changed in the view: the same answer (every find asks).
-            return MappingProxyType(self._placed)
+            return self.state.placed  # nothing changed in the view (every find asks)
         version = self.view.version
         self._sync_specs()
-        with_kv = self.groups()
-        groups = {name: record for name, (record, _) in with_kv.items()}
-        nodes = self.nodes()
-        inputs = (
-            frozenset((n, tuple(sorted(i.labels.items())), i.groups) for n, i in nodes.items()),
-            frozenset(groups.items()),
-        )
-        if inputs != self._placed_for:
-            self._placed_for, self._placed = inputs, {}
-            todo: Iterable[str] = list(self._specs)
-        else:
-            todo = [name for name in self._specs if name in self._to_place]
-            todo += [name for name in self._to_place if name not in self._specs]
-        self._to_place = set()
-        for child_id in todo:
-            spec = self._specs.get(child_id)
-            if spec is None or self.blocked(spec, with_kv):
-                self._placed.pop(child_id, None)
-                continue
-            group = groups.get(spec.group) if spec.group else None
-            self._placed[child_id] = [
-                Instance(spec, r, node)
-                for r, node in enumerate(self.placer.owners(spec, nodes, group))
-            ]
+        changed = None if self._placed_version < 0 else self._changed_specs
+        self.state.update(self._specs, changed, self.inputs())
+        self._changed_specs = set()
         self._placed_version = version
-        return MappingProxyType(self._placed)
+        return self.state.placed
 
     @property
     def placement_inputs(self) -> object:
         """The nodes and groups of the last ``place()``: a new object when they
         change (what ``why_pending`` says depends on nothing else but the spec)."""
-        return self._placed_for
+        return self.state.token
 
     def desired(self) -> dict[str, Instance]:
         """The instances this node should run, by instance key, in start order."""
-        return {
-            instance.key: instance
-            for instances in self.place().values()
-            for instance in instances
-            if instance.node == self.node
-        }
+        self.place()
+        return self.state.on_node(self.node)
 
     def why_pending(
         self,
         spec: ChildSpec,
-        groups: dict[str, tuple[GroupRecord, KV]] | None = None,
-        nodes: dict[str, NodeInfo] | None = None,
+        groups: Mapping[str, Stored[GroupRecord]] | None = None,
+        nodes: Mapping[str, NodeInfo] | None = None,
     ) -> str:
         """Why a child has no claim; ``groups`` and ``nodes`` (from ``groups()`` and
         ``nodes()``) may be passed by a caller asking for many children."""
-        groups = self.groups() if groups is None else groups
-        if blocked := self.blocked(spec, groups):
-            return blocked
-        record = groups[spec.group][0] if spec.group and spec.group in groups else None
-        return (
-            self.placer.why_unplaced(spec, self.nodes() if nodes is None else nodes, record)
-            or "waiting for its node to claim it"
-        )
+        inputs = self.inputs()
+        if groups is not None or nodes is not None:
+            inputs = Inputs(
+                nodes=inputs.nodes if nodes is None else nodes,
+                groups=inputs.groups if groups is None else {n: s.value for n, s in groups.items()},
+                draining=inputs.draining,
+            )
+        return desired.why_pending(spec, inputs, self.state.placer)
 
     # -- acting -----------------------------------------------------------------------
 
     def wake(self) -> None:
         self._wake.set()
 
-    def child_changed(self, child: Child) -> None:
-        """Supervisor callback: publish the child's new state in its claim."""
-        self._dirty_claims.add(child.id)
-        self._claims_dirty.set()
+    def _on_event(self, event: SupervisorEvent) -> None:
+        if isinstance(event, ChildChanged):
+            self._dirty_claims.add(event.key)  # published in its claim, coalesced
+            self._claims_dirty.set()
+        else:
+            self._failed_here[event.group] = event.reason  # step 3 of escalation
+            self.wake()
 
-    def on_fence(self, reason: str) -> None:
-        """Membership callback: the lease is (about to be) gone; kill everything now."""
-        self.supervisor.kill_all()
-        self.wake()
+    async def _receive_events(self) -> None:
+        async for event in self.events:
+            self._on_event(event)
 
     def _claim_value(self, child: Child) -> bytes:
-        info = child.info()
-        info["node"] = self.node
-        return json.dumps(info).encode()
+        return encode(msgspec.convert({**child.info(), "node": self.node}, Claim))
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive_events)
             nursery.start_soon(self._publish_claims)
             nursery.start_soon(self._watch_inputs)
             task_status.started()
@@ -312,7 +222,7 @@ class Reconciler:
                     await trio.sleep(1.0)
                     full = True
                     continue
-                wait = min(self.resync_interval, max(self._next_retry - time.time(), 0.05))
+                wait = min(self.resync_interval, max(self._next_retry - self.clock(), 0.05))
                 self._next_retry = math.inf
                 with trio.move_on_after(wait) as timer:
                     await self._wake.wait()
@@ -351,56 +261,49 @@ class Reconciler:
             self._lease = self.membership.lease_id
         await self._publish_group_failures()
         await self._retry_failed_groups()
-        desired = self.desired()
-        groups = self.groups()
+        here = self.desired()
+        groups = {name: stored.value for name, stored in self.groups().items()}
         specs = self.specs()
-        for record, _ in groups.values():
+        for record in groups.values():
             self.supervisor.update_group(record.spec)
         lease = self.membership.lease_id
 
-        restarts, moves = [], []
-        for key, child in self.supervisor.children.items():
-            instance = desired.get(key)
-            if instance is not None and instance.spec != child.spec:
-                restarts.append(child)  # its spec changed: restart it here
-            elif instance is None:
-                # Still a valid, runnable spec: ownership moved (paced); else it is gone.
-                spec = specs.get(child.spec.id)
-                if spec is not None and not self.blocked(spec, groups):
-                    moves.append(child)
-                else:
-                    restarts.append(child)
-        self.moves_pending = max(len(moves) - self._take_moves(len(moves)), 0)
-        moving = moves[: len(moves) - self.moves_pending]
-        if restarts or moving:
-            async with trio.open_nursery() as nursery:
-                for child in restarts:
-                    nursery.start_soon(self._stop_and_release, child, child.spec.id in specs)
-                for child in moving:
-                    nursery.start_soon(self._stop_and_release, child, True)
+        def held_elsewhere(key: str) -> bool:
+            held = self.view.get("claims", key)
+            return held is not None and held.lease != lease  # wait for it to let go
 
-        wanted = [
-            (key, instance)
-            for key, instance in desired.items()
-            if key not in self.supervisor.children
-            # still held by its previous owner: wait for it to let go
-            and ((held := self.view.get("claims", key)) is None or held.lease == lease)
-        ]
-        claimed = await self._claim(key for key, _ in wanted) if wanted else {}
-        for key, instance in wanted:  # in start order, whatever order the claims came in
-            claim = claimed.get(key)
+        children = self.supervisor.children
+        todo = desired.plan(
+            here, {k: c.spec for k, c in children.items()}, specs, groups, held_elsewhere
+        )
+        granted, again = self.pacer.take(len(todo.moves))
+        self._next_retry = min(self._next_retry, self.clock() + again)
+        self.moves_pending = len(todo.moves) - granted
+        if todo.restarts or granted:
+            async with trio.open_nursery() as nursery:
+                for key in todo.restarts:
+                    child = children[key]
+                    nursery.start_soon(self._stop_and_release, child, child.spec.id in specs)
+                for key in todo.moves[:granted]:
+                    nursery.start_soon(self._stop_and_release, children[key], True)
+
+        claimed = await self._claim(i.key for i in todo.starts) if todo.starts else {}
+        for instance in todo.starts:  # in start order, whatever order the claims came in
+            claim = claimed.get(instance.key)
             if claim is None:
                 continue
             spec = instance.spec
             env = {"RINGD_ROLE": instance.role, "RINGD_REPLICA": str(instance.replica)}
             if spec.handoff:
-                env["RINGD_HANDOFF_FILE"] = str(await self.handoff.restore(key))
+                env["RINGD_HANDOFF_FILE"] = str(await self.handoff.restore(instance.key))
             # Checked after that await too: a fence and a new lease meanwhile mean
             # the claim went with the old lease, and another node may hold it now.
             if not self.membership.may_run() or self.membership.lease_id != lease:
                 continue
-            group = groups[spec.group][0].spec if spec.group else None
-            self.supervisor.start(spec, key=key, fence=claim.create_revision, group=group, env=env)
+            group = groups[spec.group].spec if spec.group else None
+            self.supervisor.start(
+                spec, key=instance.key, fence=claim.create_revision, group=group, env=env
+            )
 
         # Claims of ours that nothing here runs any more (e.g. left by a failed stop):
         # on the periodic pass only, as this reads every claim.
@@ -409,51 +312,42 @@ class Reconciler:
                 if claim.lease == lease and child_id not in self.supervisor.children:
                     await self.etcd.delete_if(claim.key, create_revision=claim.create_revision)
 
-    def on_group_failed(self, group: str, reason: str) -> None:
-        """Supervisor callback: a group failed here past its node-level intensity."""
-        self._failed_here[group] = reason
-        self.wake()
-
     async def _publish_group_failures(self) -> None:
         """Step 3 of escalation: mark the group failed in etcd, so every node stops it."""
-        groups = self.groups()
         for name, reason in list(self._failed_here.items()):
-            current = groups.get(name)
-            if current is not None and current[0].state != "failed":
+            current = self.view.group(name)
+            if current is not None and current.value.state != "failed":
                 record = msgspec.structs.replace(
-                    current[0], state="failed", reason=reason, node=self.node, since=time.time()
+                    current.value, state="failed", reason=reason, node=self.node, since=self.clock()
                 )
                 if await self.etcd.put_if(
-                    current[1].key, encode(record), mod_revision=current[1].mod_revision
+                    current.kv.key, encode(record), mod_revision=current.kv.mod_revision
                 ):
                     logger.error("group %s failed cluster-wide: %s", name, reason)
                     # Published: forget it now. Kept until a pass saw 'failed' in the
                     # view, it failed the group again when an operator reset it first.
                     del self._failed_here[name]
                     continue
-            if current is None or current[0].state == "failed":
+            if current is None or current.value.state == "failed":
                 del self._failed_here[name]
 
     async def _retry_failed_groups(self) -> None:
         """A failed group with ``retry_after`` runs again once that delay has passed."""
-        now = time.time()
-        for name, (record, kv) in self.groups().items():
-            retry = record.spec.retry_after
-            if record.state != "failed" or retry is None:
-                continue
-            due = (record.since or 0) + retry
-            if now >= due:
-                fresh = msgspec.structs.replace(
-                    record,
-                    state="running",
-                    reason=f"retried after {retry:g} s",
-                    node=None,
-                    since=now,
-                )
-                if await self.etcd.put_if(kv.key, encode(fresh), mod_revision=kv.mod_revision):
-                    logger.info("group %s: retrying after %g s", name, retry)
-            else:
-                self._next_retry = min(self._next_retry, due)
+        now = self.clock()
+        groups = self.groups()
+        due, next_due = desired.retries_due({n: s.value for n, s in groups.items()}, now)
+        self._next_retry = min(self._next_retry, next_due)
+        for name in due:
+            record, kv = groups[name].value, groups[name].kv
+            fresh = msgspec.structs.replace(
+                record,
+                state="running",
+                reason=f"retried after {record.spec.retry_after:g} s",
+                node=None,
+                since=now,
+            )
+            if await self.etcd.put_if(kv.key, encode(fresh), mod_revision=kv.mod_revision):
+                logger.info("group %s: retrying after %g s", name, record.spec.retry_after)
 
     async def _claim(self, keys: Iterable[str]) -> dict[str, KV]:
         """Claim instances, many at a time (a failover claims hundreds at once).
@@ -466,7 +360,7 @@ class Reconciler:
                 ones made are returned and the next pass retries the rest).
         """
         lease = self.membership.lease_id
-        value = json.dumps({"node": self.node, "state": "starting"}).encode()
+        value = encode(Claim(node=self.node))
         claimed: dict[str, KV] = {}
         failed: list[EtcdUnavailable] = []
 
@@ -490,22 +384,6 @@ class Reconciler:
         if failed and not claimed:
             raise failed[0]
         return claimed
-
-    def _take_moves(self, wanted: int) -> int:
-        """How many of ``wanted`` moves the rate allows now (a token bucket)."""
-        if self.rebalance_rate <= 0 or wanted == 0:
-            return wanted
-        now = trio.current_time()
-        burst = max(self.rebalance_rate, 1.0)
-        self._move_tokens = min(
-            burst, self._move_tokens + (now - self._move_time) * self.rebalance_rate
-        )
-        self._move_time = now
-        granted = min(wanted, int(self._move_tokens))
-        self._move_tokens -= granted
-        if granted < wanted:
-            self._next_retry = min(self._next_retry, time.time() + 1 / self.rebalance_rate)
-        return granted
 
     async def _stop_and_release(self, child: Child, keep_state: bool) -> None:
         """Stop an instance here; hand its state on (if the spec still exists); release."""

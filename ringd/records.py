@@ -11,13 +11,15 @@ Handoff state (``handoff/<instance>``) is the child's own bytes and has no recor
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from .errors import InvalidSpec
 from .spec import ChildSpec, GroupRecord, parse_child, parse_group_record
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 NodeStatus = Literal["online", "offline"]
 

@@ -168,6 +168,24 @@ def restart_wanted(restart: str, status: int) -> bool:
     return status != 0
 
 
+@dataclass(frozen=True, slots=True)
+class ChildChanged:
+    """A child's state or pid changed (the reconciler publishes it in its claim)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFailed:
+    """A group failed here past its node-level intensity."""
+
+    group: str
+    reason: str
+
+
+SupervisorEvent = ChildChanged | GroupFailed
+
+
 class Supervisor:
     """Runs this node's children.
 
@@ -179,9 +197,9 @@ class Supervisor:
         guard: told each child's process group, which it kills too (children that
             overwrite their environment hide the token).
         may_run: False while this node must not run children (fenced).
-        on_change: called with a child whenever its state or pid changes.
-        on_group_failed: called with (group, reason) when a group fails here past
-            its node-level intensity (the reconciler makes that cluster-wide).
+        events: where to report ``ChildChanged`` (a child's state or pid changed)
+            and ``GroupFailed`` (a group failed here past its node-level
+            intensity: the reconciler makes that cluster-wide).
     """
 
     def __init__(
@@ -195,8 +213,7 @@ class Supervisor:
         mirror_output: bool = False,
         guard: Guard | None = None,
         may_run: Callable[[], bool] = lambda: True,
-        on_change: Callable[[Child], None] = lambda child: None,
-        on_group_failed: Callable[[str, str], None] = lambda group, reason: None,
+        events: trio.MemorySendChannel[SupervisorEvent] | None = None,
     ) -> None:
         self.node = node
         self.log_dir = log_dir
@@ -206,8 +223,7 @@ class Supervisor:
         self.mirror_output = mirror_output
         self.guard = guard
         self.may_run = may_run
-        self.on_change = on_change
-        self.on_group_failed = on_group_failed
+        self.events = events
         self.children: dict[str, Child] = {}  # in start order
         self.groups: dict[str, LocalGroup] = {}  # named groups with members here
         self._nursery: trio.Nursery | None = None
@@ -216,7 +232,13 @@ class Supervisor:
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("RINGD_")}
         self.io = ChildIO()  # every child's output pipe and exit, in one task
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    def _report(self, event: SupervisorEvent) -> None:
+        if self.events is not None:
+            # Unbounded: never blocks. Closed only once the reconciler has stopped.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self.events.send_nowait(event)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             async with trio.open_nursery() as nursery:
@@ -363,7 +385,7 @@ class Supervisor:
             child.terminated = True
             await self._terminate_process(child)
             child.state, child.reason = State.STOPPED, "terminated by operator"
-            self.on_change(child)
+            self._report(ChildChanged(child.id))
         return child
 
     async def restart(self, child_id: str) -> Child:
@@ -449,7 +471,7 @@ class Supervisor:
         child.stopping = False
         if not self.may_run():
             child.state, child.reason = State.STOPPED, "node fenced"
-            self.on_change(child)
+            self._report(ChildChanged(child.id))
             return False
         read_fd = write_fd = -1
         pid = None
@@ -478,14 +500,14 @@ class Supervisor:
             child.state = State.FAILED
             child.reason = f"cannot start {child.spec.argv[0]!r}: {reason}"
             logger.error("child %s: %s", child.id, child.reason)
-            self.on_change(child)
+            self._report(ChildChanged(child.id))
             return False
         if self.guard is not None:
             self.guard.watch_group(pid)
         child.pid = pid
         child.started_at = time.time()
         child.state = State.RUNNING
-        self.on_change(child)
+        self._report(ChildChanged(child.id))
         return True
 
     def _exited(self, child: Child, pid: int, status: int) -> None:
@@ -512,7 +534,7 @@ class Supervisor:
         if pid is None:
             return
         child.state = State.STOPPING
-        self.on_change(child)
+        self._report(ChildChanged(child.id))
         kill_group(pid, signal_number(child.spec.stop_signal))
         with trio.move_on_after(child.spec.stop_timeout):
             await child.exited.wait()
@@ -530,7 +552,7 @@ class Supervisor:
                 return  # stopped meanwhile (perhaps another instance under the same key)
             if not restart_wanted(child.spec.restart, status):
                 child.state, child.reason = State.STOPPED, child.last_exit
-                self.on_change(child)
+                self._report(ChildChanged(child.id))
                 return
             if not group.intensity.allow(trio.current_time()):
                 await self._escalate(group, f"{child.id}: {child.last_exit}")
@@ -543,7 +565,7 @@ class Supervisor:
             for c in targets:
                 if c is not child and c.spec.restart == "temporary":
                     c.state, c.reason = State.STOPPED, f"stopped with its group ({child.id} exited)"
-                    self.on_change(c)
+                    self._report(ChildChanged(c.id))
                 else:
                     restart.append(c)
             delay = group.delay()
@@ -555,7 +577,7 @@ class Supervisor:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._delayed_launch, group, restart, delay)
                 for c in restart:
-                    self.on_change(c)
+                    self._report(ChildChanged(c.id))
                 return
             for c in restart:
                 self._launch(c)
@@ -585,7 +607,7 @@ class Supervisor:
             (child,) = group.members
             child.state, child.reason = State.FAILED, reason
             logger.error("child %s failed: %s", child.id, reason)
-            self.on_change(child)
+            self._report(ChildChanged(child.id))
             return
         if group.node_intensity.allow(trio.current_time()):
             # Step 2: the node level starts the group fresh.
@@ -609,6 +631,6 @@ class Supervisor:
         logger.error("group %s %s", group.name, reason)
         for c in group.members:
             c.state, c.reason = State.FAILED, f"group {group.name} {reason}"
-            self.on_change(c)
+            self._report(ChildChanged(c.id))
         metrics.ESCALATIONS.labels(group.name, "cluster").inc()
-        self.on_group_failed(group.name, reason)
+        self._report(GroupFailed(group.name, reason))

@@ -284,7 +284,7 @@ class ClusterView:
         self.revision = max(self.revision, revision)
         self._bump()
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """List, then watch forever; ``started`` after the first successful list."""
         backoff = 0.1
         started = False

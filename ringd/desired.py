@@ -1,0 +1,204 @@
+"""What should run where, decided from the cluster's records alone (no I/O, no clock
+of its own): the half of reconciling that decides, apart from the half that acts
+(``reconciler.py``).
+
+Inputs are the specs, the groups, the nodes in the ring and the drains; outputs
+are each spec's placed instances, why a child runs nowhere, and for one node the
+plan of a pass: what to stop, what moves away (paced) and what to start. Every
+daemon computes the placement from the same records, so all agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from .placement import Instance, NodeInfo, Placer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Iterable, Mapping
+
+    from .records import Alive
+    from .spec import ChildSpec, GroupRecord
+
+
+def eligible_nodes(alive: Mapping[str, Alive], draining: Collection[str]) -> dict[str, NodeInfo]:
+    """The nodes children may be placed on: in the ring and not draining."""
+    return {
+        name: NodeInfo(name, record.labels, frozenset(record.groups))
+        for name, record in alive.items()
+        if name not in draining
+    }
+
+
+def blocked(spec: ChildSpec, groups: Mapping[str, GroupRecord]) -> str:
+    """Why a child may not run anywhere now, whatever the nodes ("" if it may)."""
+    if spec.group is None:
+        return ""
+    record = groups.get(spec.group)
+    if record is None:
+        return f"group {spec.group} does not exist"
+    if record.state == "failed":
+        return f"group {spec.group} failed: {record.reason}"
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What placement depends on besides the spec itself."""
+
+    nodes: Mapping[str, NodeInfo]  # eligible: in the ring, not draining
+    groups: Mapping[str, GroupRecord]
+    draining: frozenset[str] = frozenset()  # in the ring but draining (for the reasons)
+
+    def token(self) -> object:
+        """Equal for equal inputs: placements computed from equal inputs are equal."""
+        return (
+            frozenset(
+                (n, tuple(sorted(i.labels.items())), i.groups) for n, i in self.nodes.items()
+            ),
+            frozenset(self.groups.items()),
+        )
+
+
+def why_pending(spec: ChildSpec, inputs: Inputs, placer: Placer) -> str:
+    """Why a child has no instance running (it is not placed, or not claimed yet)."""
+    if reason := blocked(spec, inputs.groups):
+        return reason
+    if not inputs.nodes and inputs.draining:
+        return "every node in the ring is draining"
+    group = inputs.groups.get(spec.group) if spec.group else None
+    return placer.why_unplaced(spec, inputs.nodes, group) or "waiting for its node to claim it"
+
+
+class DesiredState:
+    """Every runnable spec's instances (spec id -> instances, master first), kept
+    from call to call: only the specs named as changed are placed again, and all
+    of them when the nodes or the groups change. A spec's list is replaced, never
+    changed, when it is placed again (readers compare them by identity).
+    """
+
+    def __init__(self, placer: Placer | None = None) -> None:
+        self.placer = placer or Placer()
+        self._token: object = None
+        self._placed: dict[str, list[Instance]] = {}
+
+    @property
+    def token(self) -> object:
+        """The inputs of the last ``update`` (a new object when they changed)."""
+        return self._token
+
+    @property
+    def placed(self) -> Mapping[str, list[Instance]]:
+        return MappingProxyType(self._placed)
+
+    def update(
+        self, specs: Mapping[str, ChildSpec], changed: Iterable[str] | None, inputs: Inputs
+    ) -> Mapping[str, list[Instance]]:
+        """Place ``specs`` (in start order). ``changed``: the ids that may differ
+        since the last call (None: all of them). A spec placed anew goes last, as a
+        new spec does in ``specs``."""
+        token = inputs.token()
+        if changed is None or token != self._token:
+            self._token, self._placed = token, {}
+            todo: Iterable[str] = list(specs)
+        else:
+            todo = changed
+        for child_id in todo:
+            spec = specs.get(child_id)
+            if spec is None or blocked(spec, inputs.groups):
+                self._placed.pop(child_id, None)
+                continue
+            group = inputs.groups.get(spec.group) if spec.group else None
+            owners = self.placer.owners(spec, inputs.nodes, group)
+            self._placed[child_id] = [Instance(spec, r, node) for r, node in enumerate(owners)]
+        return self.placed
+
+    def on_node(self, node: str) -> dict[str, Instance]:
+        """The instances ``node`` should run, by instance key, in start order."""
+        return {
+            instance.key: instance
+            for instances in self._placed.values()
+            for instance in instances
+            if instance.node == node
+        }
+
+
+@dataclass(slots=True)
+class Plan:
+    """One pass on one node: what to stop (``restarts``: its spec changed or is gone;
+    ``moves``: it belongs on another node now) and what to claim and start."""
+
+    restarts: list[str] = field(default_factory=list)
+    moves: list[str] = field(default_factory=list)
+    starts: list[Instance] = field(default_factory=list)
+
+
+def plan(
+    desired: Mapping[str, Instance],
+    running: Mapping[str, ChildSpec],
+    specs: Mapping[str, ChildSpec],
+    groups: Mapping[str, GroupRecord],
+    held_elsewhere: Callable[[str], bool],
+) -> Plan:
+    """Compare what should run here (``desired``) with what runs (``running``:
+    instance key -> the spec it runs). ``held_elsewhere(key)``: its claim is still
+    another node's (wait for it to be released before starting it here)."""
+    out = Plan()
+    for key, spec in running.items():
+        instance = desired.get(key)
+        if instance is not None and instance.spec != spec:
+            out.restarts.append(key)  # its spec changed: restart it here
+        elif instance is None:
+            # Still a valid, runnable spec: ownership moved (paced); else it is gone.
+            current = specs.get(spec.id)
+            if current is not None and not blocked(current, groups):
+                out.moves.append(key)
+            else:
+                out.restarts.append(key)
+    out.starts = [
+        instance
+        for key, instance in desired.items()
+        if key not in running and not held_elsewhere(key)
+    ]
+    return out
+
+
+class MovePacer:
+    """A token bucket of ``rate`` moves a second (0: unpaced), on ``clock``."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.clock = clock
+        self._tokens = max(rate, 1.0)
+        self._time = clock()
+
+    def take(self, wanted: int) -> tuple[int, float]:
+        """How many of ``wanted`` moves may go now, and in how many seconds to ask
+        again for the rest (inf when none is left)."""
+        if self.rate <= 0 or wanted == 0:
+            return wanted, math.inf
+        now = self.clock()
+        self._tokens = min(max(self.rate, 1.0), self._tokens + (now - self._time) * self.rate)
+        self._time = now
+        granted = min(wanted, int(self._tokens))
+        self._tokens -= granted
+        return granted, (1 / self.rate if granted < wanted else math.inf)
+
+
+def retries_due(groups: Mapping[str, GroupRecord], now: float) -> tuple[list[str], float]:
+    """Failed groups whose ``retry_after`` has passed, and the unix time of the
+    next retry not yet due (inf if none)."""
+    due, next_due = [], math.inf
+    for name, record in groups.items():
+        retry = record.spec.retry_after
+        if record.state != "failed" or retry is None:
+            continue
+        at = (record.since or 0) + retry
+        if now >= at:
+            due.append(name)
+        else:
+            next_due = min(next_due, at)
+    return due, next_due
