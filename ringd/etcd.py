@@ -168,7 +168,8 @@ def describe(exc: BaseException) -> str:
 
 
 def _prefix_end(prefix: str) -> bytes:
-    return etcd3.utils.increment_last_byte(prefix.encode())
+    end: bytes = etcd3.utils.increment_last_byte(prefix.encode())
+    return end
 
 
 class Etcd:
