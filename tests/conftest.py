@@ -18,10 +18,7 @@ import pytest
 # etcd3's messages on the installed protobuf runtime, before any test module
 # imports etcd3 (see ringd.etcdpb).
 from ringd import etcdpb  # noqa: F401
-from ringd.standalone import PrivateEtcd
-
-from .helpers import Daemon, kill_pids, processes_with_env
-from .timeline import descendants
+from ringd.testing import Daemon, descendants, etcd_for_tests, kill_pids, processes_with_env
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,17 +26,8 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session")
 def etcd_url() -> Iterator[str]:
-    if url := os.environ.get("RINGD_TEST_ETCD"):
+    with etcd_for_tests() as url:
         yield url
-        return
-    base = Path(tempfile.mkdtemp(prefix="ringd-etcd-", dir="/tmp"))
-    server = PrivateEtcd(base / "data", log_path=base / "etcd.log")
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -83,7 +71,7 @@ class Cluster:
         """
         url = self.etcd_url if etcd is None else (etcd or None)
         d = self.daemons.get(name) or Daemon(
-            name, etcd=url, cluster=self.name, base=self.base, ttl=ttl, config=config
+            name, self.base, etcd=url, cluster=self.name, ttl=ttl, config=config
         )
         self.daemons[name] = d
         if start:

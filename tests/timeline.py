@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ringd import procfs
+from ringd.procfs import descendants as descendants  # tests import it from here
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -56,29 +59,6 @@ class Life:
     killed: bool  # no stop record: the end comes from the sampler
 
 
-def descendants(root: int) -> set[int]:
-    """Pids of every process below ``root`` (through each thread's ``children``)."""
-    out: set[int] = set()
-    stack = [root]
-    while stack:
-        pid = stack.pop()
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    kids = [int(k) for k in f.read().split()]
-            except OSError:
-                continue
-            for kid in kids:
-                if kid not in out:
-                    out.add(kid)
-                    stack.append(kid)
-    return out
-
-
 def scan(cluster_name: str, root: int, also: Iterable[int] = ()) -> dict[int, tuple[str, str]]:
     """Live child processes of one test cluster, not grandchildren: pid -> (id, node).
 
@@ -90,21 +70,12 @@ def scan(cluster_name: str, root: int, also: Iterable[int] = ()) -> dict[int, tu
     """
     marker = f"TEST_CLUSTER={cluster_name}".encode()
     found: dict[int, tuple[str, str]] = {}
-    for pid in descendants(root) | set(also):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                raw = f.read()
-            if marker not in raw:
-                continue
-            env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-            if b"RINGD_CHILD_ID" not in env or env.get(b"TEST_ROLE") == b"grandchild":
-                continue
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                    continue
-        except (OSError, IndexError):
+    for pid, raw in procfs.environ_scan(marker, descendants(root) | set(also)):
+        env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+        if b"RINGD_CHILD_ID" not in env or env.get(b"TEST_ROLE") == b"grandchild":
             continue
-        found[pid] = (env[b"RINGD_CHILD_ID"].decode(), env.get(b"RINGD_NODE", b"?").decode())
+        if procfs.alive(pid):
+            found[pid] = (env[b"RINGD_CHILD_ID"].decode(), env.get(b"RINGD_NODE", b"?").decode())
     return found
 
 
@@ -157,13 +128,9 @@ def sample(
     violations: list[tuple[float, str, list[tuple[int, str]]]] = []
     client = None
     if etcd_url:
-        from ringd import etcdpb  # noqa: F401 - before etcd3 (see ringd.etcdpb)
+        from ringd.testing import etcd3_client
 
-        # isort: split
-        import etcd3
-
-        host, port = etcd_url.removeprefix("http://").split(":")
-        client = etcd3.client(host=host, port=int(port), timeout=1)
+        client = etcd3_client(etcd_url, timeout=1)
     prefix = f"/ringd/{cluster_name}/claims/"
     claims_checked = 0
     pending: tuple[float, dict[str, tuple[str, int]] | None, dict[int, tuple[str, str]]] | None
