@@ -93,7 +93,7 @@ async def test_a_watch_breaks_when_the_store_goes_down() -> None:
                 await etcd.watch("/", 1, ignore)
 
         nursery.start_soon(watch)
-        await trio.lowlevel.checkpoint()
+        await trio.testing.wait_all_tasks_blocked()  # the watch is waiting for changes
         etcd.fail()
     etcd.compact()
     etcd.recover()
