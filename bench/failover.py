@@ -33,88 +33,59 @@ import platform
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ringd import etcdpb  # noqa: F401 - before etcd3 (see ringd.etcdpb)
+from ringd import procfs
+from ringd.testing import (
+    Daemon,
+    descendants,
+    etcd3_client,
+    helpers_of,
+    kill_pids,
+    private_etcd,
+    processes_with_env,
+    wait_until,
+)
 
-# isort: split
-import etcd3
-import grpc
-from etcd3 import etcdrpc
+from .common import interrupt_on
+from .etcd_watch import Watcher, etcd_floor
+from .failover_report import report, report_sizes
 
-from ringd.protocol import Client, RemoteError, Unreachable
-from ringd.standalone import PrivateEtcd
+if TYPE_CHECKING:
+    from ringd.standalone import PrivateEtcd
 
 SLEEP = shutil.which("sleep") or "/usr/bin/sleep"
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.002) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-        except (Unreachable, RemoteError, OSError):
-            result = None
-        if result:
-            return result
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
 # -- processes ---------------------------------------------------------------------
 
 
-def descendants(root: int) -> set[int]:
-    """Every process below ``root`` (through each thread's ``children`` file)."""
-    out: set[int] = set()
-    stack = [root]
-    while stack:
-        pid = stack.pop()
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    kids = [int(k) for k in f.read().split()]
-            except OSError:
-                continue
-            for kid in kids:
-                if kid not in out:
-                    out.add(kid)
-                    stack.append(kid)
+def scan(marker: str) -> dict[int, tuple[str, str]]:
+    """Live children of this benchmark's daemons: pid -> (child id, node)."""
+    found = processes_with_env(marker, descendants(os.getpid()))
+    return {
+        pid: (env["RINGD_CHILD_ID"], env["RINGD_NODE"])
+        for pid, env in found.items()
+        if "RINGD_CHILD_ID" in env
+    }
+
+
+def placement(marker: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for child_id, node in scan(marker).values():
+        out.setdefault(child_id, []).append(node)
     return out
 
 
 def cpu_ms(pid: int) -> float:
     """CPU time of every thread of ``pid`` so far (schedstat, ns resolution); 0 if gone."""
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    total = 0
-    for tid in tids:
-        path = f"/proc/{pid}/task/{tid}/schedstat"
-        with contextlib.suppress(OSError, ValueError), open(path, "rb") as f:
-            total += int(f.read().split()[0])
-    return total / 1e6
-
-
-def machine_busy() -> tuple[int, int]:
-    """(busy, all) clock ticks of every CPU so far (/proc/stat)."""
-    with open("/proc/stat", "rb") as f:
-        ticks = [int(x) for x in f.readline().split()[1:8]]
-    idle = ticks[3] + ticks[4]  # idle, iowait
-    return sum(ticks) - idle, sum(ticks)
+    return procfs.scheduled_ns(pid) / 1e6
 
 
 def handoff_floor(children: int, spawners: int) -> float:
@@ -128,152 +99,6 @@ def handoff_floor(children: int, spawners: int) -> float:
     return float(json.loads(out.stdout)["total"])
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
-
-
-def scan(marker: bytes) -> dict[int, tuple[str, str]]:
-    """Live children of this benchmark's daemons: pid -> (child id, node)."""
-    found = {}
-    for pid in descendants(os.getpid()):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        if marker not in raw:
-            continue
-        env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-        if b"RINGD_CHILD_ID" in env and alive(pid):
-            found[pid] = (env[b"RINGD_CHILD_ID"].decode(), env[b"RINGD_NODE"].decode())
-    return found
-
-
-def placement(marker: bytes) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for child_id, node in scan(marker).values():
-        out.setdefault(child_id, []).append(node)
-    return out
-
-
-# -- etcd --------------------------------------------------------------------------
-
-
-class Watcher:
-    """Every event under a prefix, stamped with time.monotonic() on receipt."""
-
-    def __init__(self, client: Any, prefix: str) -> None:
-        self.events: list[tuple[float, str, str, bool, bytes]] = []  # t, kind, key, created, value
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        start = prefix.encode()
-        end = etcd3.utils.increment_last_byte(start)
-
-        def requests() -> Any:
-            create = etcdrpc.WatchCreateRequest(key=start, range_end=end)
-            yield etcdrpc.WatchRequest(create_request=create)
-            self._stop.wait()
-
-        self._call = etcdrpc.WatchStub(client.channel).Watch(requests())
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-        self._ready.wait(5)
-
-    def _pump(self) -> None:
-        with contextlib.suppress(grpc.RpcError):
-            for response in self._call:
-                now = time.monotonic()
-                self._ready.set()
-                with self._lock:
-                    for e in response.events:
-                        kind = "delete" if e.type == e.DELETE else "put"
-                        created = e.kv.create_revision == e.kv.mod_revision
-                        self.events.append((now, kind, e.kv.key.decode(), created, e.kv.value))
-
-    def since(self, t: float) -> list[tuple[float, str, str, bool, bytes]]:
-        with self._lock:
-            return [e for e in self.events if e[0] >= t]
-
-    def after(self, cursor: int) -> tuple[list[tuple[float, str, str, bool, bytes]], int]:
-        """The events from index ``cursor`` on, and the cursor for the next call."""
-        with self._lock:
-            return self.events[cursor:], len(self.events)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._call.cancel()
-        self._thread.join(5)
-
-
-def etcd_floor(client: Any, watcher: Watcher, prefix: str, ttl: int) -> float:
-    """Last keepalive (sent) -> DELETE of a key under a plain lease, at a watcher."""
-    lease = client.lease(ttl)
-    key = f"{prefix}{uuid.uuid4().hex}"
-    client.put(key, b"x", lease=lease)
-    time.sleep(random.uniform(0, 0.5))
-    sent = time.monotonic()
-    for _ in client.refresh_lease(lease.id):
-        break
-    seen = wait_for(
-        lambda: next((e[0] for e in watcher.since(sent) if e[1:3] == ("delete", key)), None),
-        ttl + 5,
-        "lease expiry",
-    )
-    return float(seen - sent)
-
-
-# -- daemons -----------------------------------------------------------------------
-
-
-class Daemon:
-    def __init__(
-        self, name: str, base: Path, etcd: str, cluster: str, ttl: float, log_level: str
-    ) -> None:
-        self.name = name
-        self.socket = str(base / f"{name}.sock")
-        self.log = base / f"{name}.log"
-        self.cmd = [
-            sys.executable, "-m", "ringd", "start", "--name", name, "--etcd", etcd,
-            "--cluster", cluster, "--socket", self.socket, "--state-dir", str(base / name),
-            "--lease-ttl", str(ttl), "--log-level", log_level,
-        ]  # fmt: skip
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                self.cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL
-            )
-        wait_for(self.ready, 30, f"{self.name} ready", interval=0.05)
-
-    def ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
-        return bool(self.call("status")["lease"])
-
-    def call(self, op: str, **args: Any) -> Any:
-        return Client(self.socket, timeout=30).call(op, **args)
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float = 30) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
 # -- the runs ----------------------------------------------------------------------
 
 
@@ -283,9 +108,10 @@ class Bench:
         self.ttl = args.ttl
         self.base = Path(tempfile.mkdtemp(prefix="rbf-", dir="/tmp"))
         self.cluster = "bench" + uuid.uuid4().hex[:8]
-        self.marker = f"BENCH_CLUSTER={self.cluster}".encode()
+        self.marker = f"BENCH_CLUSTER={self.cluster}"
         self.prefix = f"/ringd/{self.cluster}/"
-        self.etcd = PrivateEtcd(self.base / "etcd", log_path=self.base / "etcd.log")
+        self.stack = contextlib.ExitStack()
+        self.etcd: PrivateEtcd | None = None
         self.daemons: dict[str, Daemon] = {}
         self.client: Any = None
         self.watcher: Watcher | None = None
@@ -295,17 +121,29 @@ class Bench:
     # setup / teardown
 
     def __enter__(self) -> Bench:
-        self.etcd.start()
-        host, port = self.etcd.url.removeprefix("http://").split(":")
-        self.client = etcd3.client(host=host, port=int(port))
+        try:  # a failed start-up stops what it started, too
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def start(self) -> None:
+        self.etcd = self.stack.enter_context(private_etcd(self.base))
+        self.client = etcd3_client(self.etcd.url)
         self.watcher = Watcher(self.client, self.prefix)
         self.floor_watcher = Watcher(self.client, "/bench-floor/")
         names = ["v"] + [f"s{i}" for i in range(1, self.args.nodes)]
         for name in names:
             self.daemons[name] = Daemon(
-                name, self.base, self.etcd.url, self.cluster, self.ttl, self.args.log_level
+                name,
+                self.base,
+                etcd=self.etcd.url,
+                cluster=self.cluster,
+                ttl=self.ttl,
+                args=["--log-level", self.args.log_level],
             )
-            self.daemons[name].start()
+            self.daemons[name].start(timeout=30)
         first = self.daemons["s1"]
         for child_id in self.ids:
             first.call(
@@ -318,20 +156,17 @@ class Bench:
                 },
             )
         self.victim_ids = self.settle()
-        return self
 
     def __exit__(self, *exc: object) -> None:
         for d in self.daemons.values():
-            d.kill()
-        for pid in scan(self.marker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            d.cleanup()
+        kill_pids(scan(self.marker))
         for w in (self.watcher, self.floor_watcher):
             if w is not None:
                 w.close()
         if self.client is not None:
             self.client.close()
-        self.etcd.stop()
+        self.stack.close()  # etcd
         if not self.args.keep:
             shutil.rmtree(self.base, ignore_errors=True)
 
@@ -345,7 +180,7 @@ class Bench:
             mine = {i for i, n in where.items() if n == ["v"]}
             return mine or None
 
-        mine: set[str] = wait_for(done, 180, "every child running once", interval=0.05)
+        mine: set[str] = wait_until(done, 180, "every child running once", interval=0.05)
         time.sleep(0.5)  # let claims publish and reconcilers go quiet
         return mine
 
@@ -409,9 +244,9 @@ class Bench:
         time.sleep(random.uniform(0, 0.5))
         t0 = time.monotonic()
         victim.kill()
-        wait_for(lambda: not any(alive(p) for p in pids), 10, "victim's children dead")
+        wait_until(lambda: not any(map(procfs.alive, pids)), 10, "victim's children dead", 0.002)
         gone = time.monotonic() - t0
-        wait_for(lambda: self.running_elsewhere(ids), self.ttl + 60, "failover")
+        wait_until(lambda: self.running_elsewhere(ids), self.ttl + 60, "failover", 0.002)
         total = time.monotonic() - t0
         expiry = self.event_time(t0, "delete", f"{self.prefix}nodes/v/alive")
         claims = self.claim_times(t0, ids, "put", created=True)
@@ -423,7 +258,7 @@ class Bench:
             "first_claim": min(claims) - t0 if claims else float("nan"),
             "last_claim": max(claims) - t0 if claims else float("nan"),
         }
-        victim.start()
+        victim.start(timeout=30)
         self.victim_ids = self.settle()
         return sample
 
@@ -438,17 +273,17 @@ class Bench:
         # Where the CPUs go during the handoff: every process involved, by pid.
         survivors = [d.process.pid for d in self.daemons.values() if d is not victim and d.process]
         accounts = {
-            "victim": [victim.process.pid, *self.guards(victim.process.pid)],
+            "victim": [victim.process.pid, *helpers_of(victim.process.pid).values()],
             "survivors": survivors,
-            "etcd": [self.etcd.process.pid] if self.etcd.process else [],
+            "etcd": [self.etcd.process.pid] if self.etcd and self.etcd.process else [],
             "benchmark": [os.getpid()],
         }
         cpu_before = {k: sum(cpu_ms(p) for p in ps) for k, ps in accounts.items()}
-        busy_before = machine_busy()
+        busy_before = procfs.machine_ticks()
         exited = float("nan")
         t0 = time.monotonic()
         running = self.running_tracker(t0, ids)
-        victim.signal(signal.SIGTERM)
+        victim.process.send_signal(signal.SIGTERM)
         deadline = t0 + 60
         # Timed from the etcd watch, not by scanning processes: a scan every few ms
         # of hundreds of processes takes most of a core from the daemons being
@@ -462,20 +297,20 @@ class Bench:
                 raise TimeoutError("graceful handoff")
             time.sleep(0.01)
         total = max(up.values()) - t0
-        busy_after = machine_busy()
+        busy_after = procfs.machine_ticks()
         cpu = {k: sum(cpu_ms(p) for p in ps) - cpu_before[k] for k, ps in accounts.items()}
         for k, ps in accounts.items():
-            if not all(os.path.exists(f"/proc/{p}") for p in ps):
+            if any(procfs.state(p) is None for p in ps):
                 cpu[k] = float("nan")  # one exited before the last child was up: unknown
-        wait_for(lambda: self.running_elsewhere(ids), 30, "processes running elsewhere")
+        wait_until(lambda: self.running_elsewhere(ids), 30, "processes running elsewhere", 0.002)
         # The new children's own start-up (exec, dynamic loading): all of their CPU.
         cpu["children"] = sum(cpu_ms(p) for p, (i, n) in scan(self.marker).items() if i in ids)
         down = self.released_at(t0, ids)
         downtimes = sorted(up[i] - down.get(i, t0) for i in ids)
-        assert victim.wait() == 0, victim.log.read_text()[-3000:]
+        assert victim.process.wait(30) == 0, victim.log_tail(3000)
         if exited != exited:
             exited = time.monotonic() - t0
-        dead = [p for p in pids if not alive(p)]
+        dead = [p for p in pids if not procfs.alive(p)]
         assert len(dead) == len(pids)
         released = self.claim_times(t0, ids, "delete", created=False)
         claimed = self.claim_times(t0, ids, "put", created=True)
@@ -498,19 +333,9 @@ class Bench:
             "busy": (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1),
             **{f"cpu_{k}": v for k, v in cpu.items()},
         }
-        victim.start()
+        victim.start(timeout=30)
         self.victim_ids = self.settle()
         return stamps
-
-    @staticmethod
-    def guards(daemon: int) -> list[int]:
-        """The daemon's guard process (``python -m ringd.guard``), by pid."""
-        found = []
-        for pid in descendants(daemon):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"ringd.guard" in f.read():
-                    found.append(pid)
-        return found
 
     def fences(self) -> int:
         """Self-fencing events so far, all daemons (their logs)."""
@@ -519,118 +344,6 @@ class Bench:
     def floor(self) -> float:
         assert self.floor_watcher is not None
         return etcd_floor(self.client, self.floor_watcher, "/bench-floor/", int(self.ttl))
-
-
-def spread(values: list[float], unit: float = 1.0, fmt: str = "{:.2f}") -> str:
-    values = [v * unit for v in values if v == v]  # nan: not measured in that run
-    if not values:
-        return "n/a"
-    med = statistics.median(values)
-    return f"{fmt.format(med)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
-
-
-def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
-    ttl = args.ttl
-    fo, gr, floor = results["failover"], results["graceful"], results["floor"]
-    n = statistics.median(s["children"] for s in fo)
-
-    def col(
-        samples: list[dict[str, float]], key: str, unit: float = 1.0, fmt: str = "{:.2f}"
-    ) -> str:
-        return spread([s[key] for s in samples], unit, fmt)
-
-    ms = {"unit": 1000.0, "fmt": "{:.0f}"}
-    ratio = statistics.median(s["total"] / ttl for s in fo)
-    rows = [
-        (
-            "failover: SIGKILL -> all the victim's children running elsewhere",
-            f"**{col(fo, 'total')} s** = **{ratio:.2f} x TTL** (TTL {ttl:g} s; "
-            f"target TTL + 1 s = {(ttl + 1) / ttl:.2f} x TTL)",
-        ),
-        (
-            "etcd floor, same run: last keepalive -> DELETE at a watcher (plain lease)",
-            f"**{spread(floor)} s** = {statistics.median(floor) / ttl:.2f} x TTL",
-        ),
-        ("failover: SIGKILL -> the victim's children dead (its guard)",
-         f"{col(fo, 'children_dead', **ms)} ms"),
-        ("failover: SIGKILL -> the victim's alive key DELETE seen (lease expiry)",
-         f"{col(fo, 'alive_deleted')} s"),
-        ("failover: SIGKILL -> survivors' first / last claim created",
-         f"{col(fo, 'first_claim')} / {col(fo, 'last_claim')} s"),
-        (
-            "graceful: SIGTERM -> all the victim's children published running elsewhere",
-            f"**{col(gr, 'total', **ms)} ms** (target < 100 ms)",
-        ),
-        (
-            "graceful: each child's handoff (victim's claim deleted -> a survivor's "
-            "claim published running), median / p95 / max",
-            f"**{col(gr, 'downtime_median', **ms)}** / {col(gr, 'downtime_p95', **ms)} / "
-            f"{col(gr, 'downtime_max', **ms)} ms",
-        ),
-        (
-            "graceful: the same move with nothing of ringd's, same run "
-            "(`bench.handoff_floor`: SIGTERM and reap the children, then "
-            f"{args.nodes - 1} processes `posix_spawn` as many)",
-            f"{col(gr, 'floor', **ms)} ms; the handoff took "
-            f"**{statistics.median(s['total'] / s['floor'] for s in gr):.2f} x** this floor",
-        ),
-        (
-            "graceful: CPU used from SIGTERM to the last child published, ms: victim "
-            "(and its guard) / survivors / etcd / the new children / this benchmark",
-            " / ".join(
-                col(gr, f"cpu_{k}", fmt="{:.0f}")
-                for k in ("victim", "survivors", "etcd", "children", "benchmark")
-            )
-            + f"; all {os.cpu_count()} CPUs busy {col(gr, 'busy', unit=100, fmt='{:.0f}')} %",
-        ),
-        ("graceful: SIGTERM -> first / last claim released by the victim",
-         f"{col(gr, 'first_release', **ms)} / {col(gr, 'last_release', **ms)} ms"),
-        ("graceful: SIGTERM -> status row 'offline' written",
-         f"{col(gr, 'status_offline', **ms)} ms"),
-        ("graceful: SIGTERM -> out of the ring (alive key DELETE seen)",
-         f"{col(gr, 'lease_revoked', **ms)} ms"),
-        ("graceful: SIGTERM -> survivors' first / last claim created",
-         f"{col(gr, 'first_claim', **ms)} / {col(gr, 'last_claim', **ms)} ms"),
-        ("graceful: SIGTERM -> the victim daemon exited", f"{col(gr, 'daemon_exited', **ms)} ms"),
-    ]  # fmt: skip
-    lines = [
-        f"Command: `python -m bench.failover --runs {args.runs} --nodes {args.nodes} "
-        f"--children {args.children} --ttl {args.ttl:g}` ({results['when']}, "
-        f"{results['machine']}; load average {results['load'][0]:.1f} before, "
-        f"{results['load'][1]:.1f} after). Medians of {args.runs} runs, range in "
-        f"brackets; the victim ran {n:.0f} children (`sleep`), {args.nodes - 1} survivors. "
-        f"Self-fencing events (daemon logs): {results['fences']} in all, "
-        f"{results['fenced_runs']} per run.",
-        "",
-        "| what | figure |",
-        "|---|---|",
-        *(f"| {label} | {value} |" for label, value in rows),
-    ]
-    return "\n".join(lines)
-
-
-def report_sizes(args: argparse.Namespace, results: dict[str, Any]) -> str:
-    """Graceful handoff against the victim's number of children (and the floor)."""
-    rows = []
-    for size, samples in sorted([*results["sizes"].items(), (args.children, results["graceful"])]):
-        n = statistics.median(s["children"] for s in samples)
-        ratio = statistics.median(s["total"] / s["floor"] for s in samples)
-        rows.append(
-            f"| {n:.0f} (of {size}) | **{spread([s['total'] for s in samples], 1000, '{:.0f}')}**"
-            f" | {spread([s['floor'] for s in samples], 1000, '{:.0f}')} | {ratio:.2f} x"
-            f" | {spread([s['busy'] for s in samples], 100, '{:.0f}')} % |"
-        )  # fmt: skip
-    return "\n".join(
-        [
-            f"Graceful leave against the victim's number of children ({args.runs} runs each; "
-            "the floor is `bench.handoff_floor` in the same run):",
-            "",
-            "| victim's children | SIGTERM -> all published running elsewhere, ms "
-            "| floor, ms | handoff / floor | CPUs busy |",
-            "|---|---|---|---|---|",
-            *rows,
-        ]
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -661,15 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         "floor": [],
     }
 
-    # A SIGTERM (or a closed terminal) unwinds like an exception: every process
-    # this benchmark started is stopped on the way out.
-    def leave(signum: int, frame: object) -> None:
-        for s in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(s, signal.SIG_IGN)  # a second one must not cut the cleanup short
-        sys.exit(128 + signum)
-
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, leave)
+    # A SIGTERM (or a closed terminal) unwinds like Ctrl-C: every process this
+    # benchmark started is stopped on the way out.
+    interrupt_on(signal.SIGTERM, signal.SIGHUP)
     with Bench(args) as bench:
         print(f"victim runs {len(bench.victim_ids)} of {args.children} children", flush=True)
         for run in range(args.runs):
