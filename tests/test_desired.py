@@ -1,0 +1,383 @@
+"""The deciding half of reconciling (``ringd/desired.py``), as pure functions: which
+nodes are eligible, why a child runs nowhere, the incremental placement, the plan of
+a pass, move pacing and group retries. No I/O, no processes: milliseconds."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ringd.desired import (
+    DesiredState,
+    Inputs,
+    MovePacer,
+    blocked,
+    eligible_nodes,
+    plan,
+    retries_due,
+    why_pending,
+)
+from ringd.placement import Instance, NodeInfo, Placer
+from ringd.records import Alive
+from ringd.spec import ChildSpec, GroupRecord, GroupSpec
+
+if TYPE_CHECKING:
+    import random
+
+
+def child(child_id: str, **fields: object) -> ChildSpec:
+    fields.setdefault("argv", ["sleep", "60"])
+    return ChildSpec(id=child_id, **fields)  # type: ignore[arg-type]
+
+
+def group(name: str, **fields: object) -> GroupRecord:
+    spec_fields = {k: fields.pop(k) for k in ("retry_after", "restricted") if k in fields}
+    return GroupRecord(spec=GroupSpec(name=name, **spec_fields), **fields)  # type: ignore[arg-type]
+
+
+def nodes(*names: str, **labels: dict[str, str]) -> dict[str, NodeInfo]:
+    return {n: NodeInfo(n, labels.get(n, {})) for n in names}
+
+
+def inputs(*names: str, groups: dict[str, GroupRecord] | None = None) -> Inputs:
+    return Inputs(nodes=nodes(*names), groups=groups or {})
+
+
+def never_held(key: str) -> bool:
+    return False
+
+
+# -- eligible nodes, blocked, why pending --------------------------------------------
+
+
+def test_eligible_nodes_exclude_draining_ones_and_keep_labels_and_groups() -> None:
+    alive = {
+        "n1": Alive(node="n1", labels={"zone": "a"}, groups=["g"]),
+        "n2": Alive(node="n2"),
+        "n3": Alive(node="n3"),
+    }
+    eligible = eligible_nodes(alive, {"n2", "gone"})
+    assert list(eligible) == ["n1", "n3"]
+    assert eligible["n1"] == NodeInfo("n1", {"zone": "a"}, frozenset({"g"}))
+    assert eligible_nodes(alive, alive.keys()) == {}
+
+
+def test_blocked_by_a_missing_or_failed_group_only() -> None:
+    assert blocked(child("a"), {}) == ""
+    assert blocked(child("a", group="g"), {}) == "group g does not exist"
+    running = {"g": group("g")}
+    assert blocked(child("a", group="g"), running) == ""
+    failed = {"g": group("g", state="failed", reason="too many restarts")}
+    assert blocked(child("a", group="g"), failed) == "group g failed: too many restarts"
+
+
+def test_why_pending_names_the_reason() -> None:
+    placer = Placer()
+    spec = child("web")
+    assert why_pending(spec, Inputs(nodes={}, groups={}), placer) == "no node is online"
+    everyone_draining = Inputs(nodes={}, groups={}, draining=frozenset({"n1", "n2"}))
+    assert why_pending(spec, everyone_draining, placer) == "every node in the ring is draining"
+    zoned = Inputs(nodes=nodes("n1", n1={"zone": "b"}), groups={})
+    assert why_pending(child("web", on={"zone": "a"}), zoned, placer) == (
+        "no eligible node: needs zone=a"
+    )
+    restricted = {"g": group("g", restricted=True)}
+    assert why_pending(child("web", group="g"), inputs("n1", groups=restricted), placer) == (
+        "no eligible node: needs a node declaring group g"
+    )
+    declared = Inputs(nodes={"n1": NodeInfo("n1", {}, frozenset({"g"}))}, groups=restricted)
+    assert why_pending(child("web", group="g"), declared, placer) == (
+        "waiting for its node to claim it"
+    )
+    assert why_pending(spec, inputs("n1"), placer) == "waiting for its node to claim it"
+    # A blocked child says so first, whatever the nodes.
+    failed = {"g": group("g", state="failed", reason="boom")}
+    assert why_pending(child("web", group="g"), Inputs(nodes={}, groups=failed), placer) == (
+        "group g failed: boom"
+    )
+    assert why_pending(child("web", group="nope"), inputs("n1"), placer) == (
+        "group nope does not exist"
+    )
+
+
+# -- the incremental placement --------------------------------------------------------
+
+
+def test_update_places_only_the_changed_specs_again() -> None:
+    state = DesiredState()
+    specs = {i: child(i) for i in ("a", "b", "c")}
+    first = dict(state.update(specs, None, inputs("n1", "n2")))
+    assert list(first) == ["a", "b", "c"]
+    token = state.token
+
+    specs["b"] = child("b", argv=["sleep", "61"])
+    second = state.update(specs, {"b"}, inputs("n1", "n2"))
+    assert state.token == token, "same nodes and groups"
+    assert second["a"] is first["a"] and second["c"] is first["c"], "not placed again"
+    assert second["b"] is not first["b"]
+    assert [i.spec for i in second["b"]] == [specs["b"]]
+
+    unchanged = state.update(specs, set(), inputs("n1", "n2"))
+    assert all(unchanged[i] is second[i] for i in specs)
+
+    del specs["c"]
+    specs["d"] = child("d")
+    third = state.update(specs, ["c", "d"], inputs("n1", "n2"))
+    assert list(third) == ["a", "b", "d"], "a deleted spec disappears; a new one goes last"
+    assert third["a"] is first["a"]
+
+
+def test_update_places_everything_again_when_the_nodes_or_groups_change() -> None:
+    state = DesiredState()
+    specs = {"a": child("a"), "b": child("b", group="g")}
+    groups = {"g": group("g")}
+    before = dict(state.update(specs, None, inputs("n1", groups=groups)))
+    token = state.token
+
+    more_nodes = dict(state.update(specs, set(), inputs("n1", "n2", groups=groups)))
+    assert state.token != token
+    assert all(more_nodes[i] is not before[i] for i in specs), "nodes changed: all placed again"
+
+    failed = {"g": group("g", state="failed", reason="boom")}
+    after = state.update(specs, set(), inputs("n1", "n2", groups=failed))
+    assert list(after) == ["a"], "a blocked spec has no instances"
+    assert after["a"] is not more_nodes["a"], "groups changed: all placed again"
+
+    labels = Inputs(nodes=nodes("n1", "n2", n2={"zone": "a"}), groups=failed)
+    assert state.update(specs, set(), labels)["a"] is not after["a"], "labels count too"
+
+
+def test_replicas_go_on_distinct_nodes_master_first() -> None:
+    placer = Placer()
+    state = DesiredState(placer)
+    spec = child("db", replicas=3)
+    four = inputs("n1", "n2", "n3", "n4")
+    placed = state.update({"db": spec}, None, four)["db"]
+    assert [(i.key, i.role, i.replica) for i in placed] == [
+        ("db", "master", 0),
+        ("db/1", "replica", 1),
+        ("db/2", "replica", 2),
+    ]
+    assert [i.node for i in placed] == placer.owners(spec, four.nodes, None)
+    assert len({i.node for i in placed}) == 3
+    degraded = state.update({"db": spec}, None, inputs("n1", "n2"))["db"]
+    assert sorted(i.node for i in degraded) == ["n1", "n2"], "fewer nodes than replicas"
+
+    by_node = {n: state.on_node(n) for n in ("n1", "n2", "n3")}
+    assert by_node["n3"] == {}
+    assert sorted(k for on in by_node.values() for k in on) == ["db", "db/1"]
+    for node, on in by_node.items():
+        assert all(i.node == node and key == i.key for key, i in on.items())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="update appends new specs in the order of `changed` (the reconciler passes a "
+    "set), not in the order of `specs`: children created together start in hash order",
+)
+def test_new_specs_are_placed_in_the_order_of_specs_whatever_the_order_of_changed() -> None:
+    state = DesiredState()
+    state.update({}, None, inputs("n1"))
+    specs = {i: child(i) for i in ("a", "b", "c")}
+    placed = state.update(specs, ["c", "b", "a"], inputs("n1"))
+    assert list(placed) == ["a", "b", "c"]
+
+
+def test_on_node_keeps_the_start_order() -> None:
+    state = DesiredState()
+    specs = {i: child(i) for i in ("z", "y", "x", "w")}
+    state.update(specs, None, inputs("n1"))
+    assert list(state.on_node("n1")) == ["z", "y", "x", "w"]
+    assert state.on_node("n2") == {}
+
+
+# -- the plan of a pass --------------------------------------------------------------
+
+
+def test_plan_restarts_a_child_whose_spec_changed_or_is_gone() -> None:
+    old, new = child("a"), child("a", argv=["sleep", "99"])
+    changed = plan({"a": Instance(new, 0, "n1")}, {"a": old}, {"a": new}, {}, never_held)
+    assert (changed.restarts, changed.moves, changed.starts) == (["a"], [], [])
+
+    gone = plan({}, {"a": old}, {}, {}, never_held)
+    assert (gone.restarts, gone.moves, gone.starts) == (["a"], [], [])
+
+
+def test_plan_moves_a_child_owned_elsewhere_now() -> None:
+    spec = child("a")
+    moved = plan({}, {"a": spec}, {"a": spec}, {}, never_held)
+    assert (moved.restarts, moved.moves) == ([], ["a"])
+    # An unchanged child that stays is left alone.
+    kept = plan({"a": Instance(spec, 0, "n1")}, {"a": spec}, {"a": spec}, {}, never_held)
+    assert (kept.restarts, kept.moves, kept.starts) == ([], [], [])
+
+
+def test_plan_restarts_rather_than_moves_a_member_of_a_failed_group() -> None:
+    spec = child("a", group="g")
+    failed = {"g": group("g", state="failed", reason="boom")}
+    out = plan({}, {"a": spec}, {"a": spec}, failed, never_held)
+    assert (out.restarts, out.moves) == (["a"], [])
+    missing = plan({}, {"a": spec}, {"a": spec}, {}, never_held)
+    assert (missing.restarts, missing.moves) == (["a"], [])
+
+
+def test_plan_starts_in_order_but_waits_for_a_claim_held_elsewhere() -> None:
+    a, b, c = child("a"), child("b"), child("c")
+    desired = {s.id: Instance(s, 0, "n1") for s in (a, b, c)}
+    specs = {s.id: s for s in (a, b, c)}
+    out = plan(desired, {"b": b}, specs, {}, lambda key: key == "c")
+    assert out.starts == [desired["a"]], "b runs already; c's claim is another lease's"
+    free = plan(desired, {}, specs, {}, never_held)
+    assert [i.key for i in free.starts] == ["a", "b", "c"]
+
+
+# -- move pacing and group retries ---------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_pacer_of_rate_zero_lets_every_move_go() -> None:
+    pacer = MovePacer(0, FakeClock())
+    assert pacer.take(500) == (500, math.inf)
+    assert pacer.take(500) == (500, math.inf)
+
+
+def test_a_pacer_grants_a_burst_then_one_move_per_period() -> None:
+    clock = FakeClock()
+    pacer = MovePacer(2, clock)
+    assert pacer.take(5) == (2, 0.5), "a burst of 2, ask again in 1/rate"
+    assert pacer.take(3) == (0, 0.5)
+    clock.now += 0.5
+    assert pacer.take(3) == (1, 0.5)
+    clock.now += 0.25
+    assert pacer.take(2) == (0, 0.5), "half a token is none"
+    clock.now += 0.25
+    assert pacer.take(2) == (1, 0.5)
+    clock.now += 0.5
+    assert pacer.take(1) == (1, math.inf), "all granted: nothing to ask again for"
+    clock.now += 60
+    assert pacer.take(10) == (2, 0.5), "the burst stays capped after idling"
+    assert pacer.take(0) == (0, math.inf)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MovePacer truncates its float tokens: 2.01 - 1.51 s refills 0.9999999999999996 "
+    "tokens, int() makes that 0, and the move waits a whole period more",
+)
+def test_a_full_period_always_grants_a_move() -> None:
+    clock = FakeClock()
+    clock.now = 1.51
+    pacer = MovePacer(2, clock)
+    assert pacer.take(3) == (2, 0.5)
+    clock.now = 2.01  # 0.5 s later, as floats go
+    assert pacer.take(1) == (1, math.inf)
+
+
+def test_a_slow_pacer_still_lets_one_move_go_first() -> None:
+    clock = FakeClock()
+    pacer = MovePacer(0.5, clock)
+    assert pacer.take(3) == (1, 2.0)
+    clock.now += 1.9
+    assert pacer.take(2) == (0, 2.0)
+    clock.now += 0.1
+    assert pacer.take(2) == (1, 2.0)
+
+
+def test_retries_due() -> None:
+    groups = {
+        "due": group("due", state="failed", since=100.0, retry_after=5.0),
+        "later": group("later", state="failed", since=100.0, retry_after=10.0),
+        "manual": group("manual", state="failed", since=100.0),  # no retry_after
+        "fine": group("fine", since=100.0, retry_after=1.0),  # running
+    }
+    assert retries_due(groups, 104.9) == ([], 105.0)
+    assert retries_due(groups, 105.0) == (["due"], 110.0)
+    assert retries_due(groups, 200.0) == (["due", "later"], math.inf)
+    assert retries_due({"manual": groups["manual"]}, 1e12) == ([], math.inf)
+
+
+# -- a property of placement ---------------------------------------------------------
+
+NODE_NAMES = [f"n{i}" for i in range(6)]
+
+
+@st.composite
+def clusters(draw: st.DrawFn) -> tuple[dict[str, Alive], set[str], dict[str, ChildSpec]]:
+    names = draw(st.lists(st.sampled_from(NODE_NAMES), unique=True, max_size=6))
+    alive = {
+        n: Alive(node=n, labels=draw(st.sampled_from([{}, {"zone": "a"}, {"zone": "b"}])))
+        for n in names
+    }
+    draining = set(draw(st.lists(st.sampled_from(names), unique=True))) if names else set()
+    specs = {}
+    for i in range(draw(st.integers(0, 8))):
+        on = draw(st.sampled_from([{}, {"zone": "a"}]))
+        specs[f"c{i}"] = child(f"c{i}", replicas=draw(st.integers(1, 4)), on=on)
+    return alive, draining, specs
+
+
+@settings(max_examples=60, deadline=None)
+@given(clusters(), st.randoms(use_true_random=False))
+def test_placement_is_on_eligible_distinct_nodes_whatever_the_node_order(
+    cluster: tuple[dict[str, Alive], set[str], dict[str, ChildSpec]], rnd: random.Random
+) -> None:
+    alive, draining, specs = cluster
+    eligible = eligible_nodes(alive, draining)
+    placed = dict(DesiredState().update(specs, None, Inputs(nodes=eligible, groups={})))
+    assert list(placed) == list(specs)
+    for child_id, instances in placed.items():
+        spec = specs[child_id]
+        fits = {
+            n for n, i in eligible.items() if all(i.labels.get(k) == v for k, v in spec.on.items())
+        }
+        assert {i.node for i in instances} <= fits
+        assert len({i.node for i in instances}) == len(instances) == min(spec.replicas, len(fits))
+        assert [i.replica for i in instances] == list(range(len(instances)))
+
+    shuffled = list(alive.items())
+    rnd.shuffle(shuffled)
+    again = eligible_nodes(dict(shuffled), set(draining))
+    assert DesiredState().update(specs, None, Inputs(nodes=again, groups={})) == placed
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "d"]),
+            st.sampled_from(["delete", "edit", "group", "missing-group"]),
+            st.sampled_from(["", "n1", "n2", "n3"]),  # a node joining too ("": none)
+        ),
+        max_size=12,
+    )
+)
+def test_incremental_placement_equals_placing_from_scratch(
+    steps: list[tuple[str, str, str]],
+) -> None:
+    specs = {i: child(i) for i in ("a", "b", "c")}
+    groups = {"g": group("g")}
+    state = DesiredState()
+    names = {"n0"}
+    state.update(specs, None, inputs(*names, groups=groups))
+    for step, (child_id, edit, joining) in enumerate(steps):
+        if edit == "delete":
+            specs.pop(child_id, None)
+        elif edit == "edit":
+            specs[child_id] = child(child_id, argv=["sleep", str(step)], replicas=1 + step % 3)
+        else:
+            specs[child_id] = child(child_id, group="g" if edit == "group" else "h")
+        names |= {joining} - {""}
+        now = inputs(*sorted(names), groups=groups)
+        incremental = dict(state.update(specs, {child_id}, now))
+        assert incremental == DesiredState().update(specs, None, now)
