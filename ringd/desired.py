@@ -105,7 +105,11 @@ class DesiredState:
             self._token, self._placed = token, {}
             todo: Iterable[str] = list(specs)
         else:
-            todo = changed
+            todo = list(changed)
+            if any(i not in self._placed and i in specs for i in todo):
+                # New specs are placed (and so started) in ``specs``' order.
+                wanted = set(todo)
+                todo = [i for i in specs if i in wanted] + [i for i in todo if i not in specs]
         for child_id in todo:
             spec = specs.get(child_id)
             if spec is None or blocked(spec, inputs.groups):
@@ -183,7 +187,9 @@ class MovePacer:
         now = self.clock()
         self._tokens = min(max(self.rate, 1.0), self._tokens + (now - self._time) * self.rate)
         self._time = now
-        granted = min(wanted, int(self._tokens))
+        # The epsilon: a full period's refill computed as 0.9999999999999996 must
+        # still grant a move (int() would make it a whole period late).
+        granted = min(wanted, int(self._tokens + 1e-9))
         self._tokens -= granted
         return granted, (1 / self.rate if granted < wanted else math.inf)
 

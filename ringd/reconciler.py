@@ -91,7 +91,7 @@ class Reconciler:
         self._failed_here: dict[str, str] = {}  # groups that failed on this node -> reason
         self._placed_version = -1  # the view version the placement was computed at
         self._specs: dict[str, ChildSpec] = {}  # valid specs, start order
-        self._changed_specs: set[str] = set()  # since the last placement
+        self._changed_specs: dict[str, None] = {}  # since the last placement, in change order
         self._spec_cursor: tuple[int, int] | None = None  # into view.changes("children")
         self._claim_limiter = trio.CapacityLimiter(32)
         self._next_retry = math.inf  # unix time of the next failed-group retry or move
@@ -121,11 +121,11 @@ class Reconciler:
         names, self._spec_cursor = self.view.changes("children", self._spec_cursor)
         if names is None:  # first time, or the view re-listed
             self._specs = {name: s.value for name, s in self.view.specs().items()}
-            self._changed_specs = set(self._specs)
+            self._changed_specs = dict.fromkeys(self._specs)
             self._placed_version = -1
             return
         for name in dict.fromkeys(names):
-            self._changed_specs.add(name)
+            self._changed_specs[name] = None  # etcd's order: a batch's creation order
             stored = self.view.spec(name)
             if stored is None:
                 self._specs.pop(name, None)
@@ -146,7 +146,7 @@ class Reconciler:
         self._sync_specs()
         changed = None if self._placed_version < 0 else self._changed_specs
         self.state.update(self._specs, changed, self.inputs())
-        self._changed_specs = set()
+        self._changed_specs = {}
         self._placed_version = version
         return self.state.placed
 

@@ -174,11 +174,6 @@ def test_replicas_go_on_distinct_nodes_master_first() -> None:
         assert all(i.node == node and key == i.key for key, i in on.items())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="update appends new specs in the order of `changed` (the reconciler passes a "
-    "set), not in the order of `specs`: children created together start in hash order",
-)
 def test_new_specs_are_placed_in_the_order_of_specs_whatever_the_order_of_changed() -> None:
     state = DesiredState()
     state.update({}, None, inputs("n1"))
@@ -270,11 +265,6 @@ def test_a_pacer_grants_a_burst_then_one_move_per_period() -> None:
     assert pacer.take(0) == (0, math.inf)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MovePacer truncates its float tokens: 2.01 - 1.51 s refills 0.9999999999999996 "
-    "tokens, int() makes that 0, and the move waits a whole period more",
-)
 def test_a_full_period_always_grants_a_move() -> None:
     clock = FakeClock()
     clock.now = 1.51

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import math
 import os
 import resource
 import shutil
@@ -22,7 +23,7 @@ import trio.testing
 from ringd.intensity import Intensity
 from ringd.logs import RotatingLog
 from ringd.spec import ChildSpec, GroupSpec
-from ringd.supervisor import Child, LocalGroup, State, Supervisor, restart_wanted
+from ringd.supervisor import Child, GroupFailed, LocalGroup, State, Supervisor, restart_wanted
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,11 +32,24 @@ SLEEP = ["sleep", "600"]
 
 
 class Harness:
-    def __init__(self, supervisor: Supervisor, tmp: Path) -> None:
+    def __init__(
+        self, supervisor: Supervisor, tmp: Path, events: trio.MemoryReceiveChannel
+    ) -> None:
         self.sup = supervisor
         self.tmp = tmp
-        self.failed_groups: list[tuple[str, str]] = []
-        supervisor.on_group_failed = lambda g, r: self.failed_groups.append((g, r))
+        self.events = events
+        self._failed: list[tuple[str, str]] = []
+
+    @property
+    def failed_groups(self) -> list[tuple[str, str]]:
+        """The GroupFailed events the supervisor reported (ChildChanged ones are skipped)."""
+        while True:
+            try:
+                event = self.events.receive_nowait()
+            except trio.WouldBlock:
+                return self._failed
+            if isinstance(event, GroupFailed):
+                self._failed.append((event.group, event.reason))
 
     def start(
         self, child_id: str, argv: list[str], group: GroupSpec | None = None, **fields
@@ -62,9 +76,12 @@ async def until(predicate, timeout: float = 5.0, what: str = "condition"):
 
 @pytest.fixture
 async def h(tmp_path: Path, nursery: trio.Nursery):
-    sup = Supervisor(node="n1", log_dir=tmp_path / "logs", instance="test" + str(os.getpid()))
+    send, receive = trio.open_memory_channel(math.inf)
+    sup = Supervisor(
+        node="n1", log_dir=tmp_path / "logs", instance="test" + str(os.getpid()), events=send
+    )
     await nursery.start(sup.run)
-    harness = Harness(sup, tmp_path)
+    harness = Harness(sup, tmp_path, receive)
     yield harness
     sup.kill_all()
     for child in list(sup.children.values()):
