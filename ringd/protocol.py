@@ -6,18 +6,27 @@ Newline-delimited JSON over a Unix stream socket. A request is
 ``{"id": 1, "ok": false, "error": {"code": "...", "message": "..."}}``.
 Streaming ops send one ``{"id": .., "ok": true, "event": ...}`` line per event.
 
-Kept to the standard library so that ringctl starts fast.
+Every op's arguments decode into its request struct (``decode_args``), and its
+result is a struct (or a list of them) encoded as a JSON object. Kept free of
+trio and etcd so that ringctl starts fast (msgspec is already loaded by ``ringd``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from .errors import InvalidSpec
+from .spec import NAME_PATTERN
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
+    from collections.abc import Generator, Mapping
 
 # A longer request line is a protocol error: it bounds the memory one client can pin.
 MAX_LINE = 1 << 20
@@ -45,6 +54,7 @@ def default_socket_path() -> str:
 
 
 def dumps(value: Any) -> bytes:
+    """JSON of a request (or of a request id), as the client sends it."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -52,9 +62,21 @@ def encode(message: dict[str, Any]) -> bytes:
     return dumps(message) + b"\n"
 
 
+_result_encoder = msgspec.json.Encoder()
+
+
+def dump_result(value: Any) -> bytes:
+    """JSON of a result or an event: structs as objects, their fields in order.
+
+    Raises:
+        UnicodeEncodeError: a string in it is not valid text (a lone surrogate).
+    """
+    return _result_encoder.encode(value)
+
+
 class Encoded:
-    """A result already encoded (``dumps``): the daemon sends one it built for a
-    crowd of identical requests as is, instead of encoding it per request."""
+    """A result already encoded (``dump_result``): the daemon sends one it built for
+    a crowd of identical requests as is, instead of encoding it per request."""
 
     __slots__ = ("json",)
 
@@ -63,13 +85,340 @@ class Encoded:
 
 
 def ok(request_id: Any, result: Any) -> bytes:
-    if isinstance(result, Encoded):  # the same bytes as encode() would give
-        return b'{"id":' + dumps(request_id) + b',"ok":true,"result":' + result.json + b"}\n"
-    return encode({"id": request_id, "ok": True, "result": result})
+    body = result.json if isinstance(result, Encoded) else dump_result(result)
+    return b'{"id":' + dumps(request_id) + b',"ok":true,"result":' + body + b"}\n"
+
+
+def event(request_id: Any, value: Any) -> bytes:
+    """One line of a streaming op."""
+    return b'{"id":' + dumps(request_id) + b',"ok":true,"event":' + dump_result(value) + b"}\n"
 
 
 def error(request_id: Any, code: str, message: str) -> bytes:
     return encode({"id": request_id, "ok": False, "error": {"code": code, "message": message}})
+
+
+# -- requests ------------------------------------------------------------------------
+#
+# One struct per op: ``args`` decode into it (``decode_args``). A field's
+# ``description`` is the message a client gets when that field is wrong; without one,
+# msgspec's own (``Expected `bool`, got `str```). Unknown arguments are ignored, so
+# that a newer ringctl can talk to an older daemon.
+
+NAME_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ -"
+TIMEOUT_RULE = "must be a number of seconds in (0, 3600]"
+MAX_TIMEOUT = 3600.0
+MAX_LOG_LINES = 100_000
+
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN, description=NAME_RULE)]
+# A child instance: ``id`` (the master) or ``id/<n>`` (its n-th replica).
+Instance = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=NAME_PATTERN.removesuffix("$") + r"(/[1-9][0-9]{0,2})?$",
+        description="must be a child id, or id/<n> for its n-th replica",
+    ),
+]
+# Checked when the request is decoded: nothing has been stored yet.
+Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT, description=TIMEOUT_RULE)]
+# Checked by the op, and only if it waits (``check_timeout``).
+WaitTimeout = Annotated[float, msgspec.Meta(description=TIMEOUT_RULE)]
+# Validated by ``spec.parse_child`` / ``parse_group``, which name the bad field.
+SpecObject = Annotated[dict[str, Any], msgspec.Meta(description="must be an object")]
+
+
+class Args(msgspec.Struct, frozen=True, kw_only=True):
+    """The arguments of an op that takes none (``ping``, ``status``, ``nodes``, ``groups``)."""
+
+
+class StartChildArgs(Args, frozen=True, kw_only=True):
+    spec: SpecObject
+    wait: bool = False
+    timeout: Timeout = 30.0
+
+
+class StartChildrenArgs(Args, frozen=True, kw_only=True):
+    specs: Annotated[
+        list[Any],
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_BATCH,
+            description=f"must be a list of 1 to {MAX_BATCH} specs",
+        ),
+    ]
+    wait: bool = False
+    timeout: Timeout = 30.0
+
+
+class DeleteChildArgs(Args, frozen=True, kw_only=True):
+    id: Name
+    wait: bool = False
+    timeout: WaitTimeout = 30.0
+
+
+class FindArgs(Args, frozen=True, kw_only=True):
+    id: Name
+
+
+class WhichChildrenArgs(Args, frozen=True, kw_only=True):
+    local: bool = False
+    node: str | None = None  # only rows on this node (any text: no match, no rows)
+    group: str | None = None
+
+
+class CreateGroupArgs(Args, frozen=True, kw_only=True):
+    spec: SpecObject
+
+
+class DeleteGroupArgs(Args, frozen=True, kw_only=True):
+    name: Name
+    force: bool = False
+
+
+class ResetGroupArgs(Args, frozen=True, kw_only=True):
+    name: Name
+
+
+class InstanceArgs(Args, frozen=True, kw_only=True):
+    """``terminate_child`` and ``restart_child``: a child instance on this node."""
+
+    id: Instance
+
+
+class SignalChildArgs(Args, frozen=True, kw_only=True):
+    id: Instance
+    # A name (HUP, SIGTERM) or a number, checked by the op.
+    signal: Annotated[str | int, msgspec.Meta(description="must be a signal name or number")]
+
+
+class LogsArgs(Args, frozen=True, kw_only=True):
+    """``logs`` and ``logs_follow``."""
+
+    id: Instance
+    lines: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0, le=MAX_LOG_LINES, description=f"must be an integer in [0, {MAX_LOG_LINES}]"
+        ),
+    ] = 10
+
+
+class NodeArgs(Args, frozen=True, kw_only=True):
+    """``undrain`` and ``forget_node``."""
+
+    node: Name
+
+
+class DrainArgs(Args, frozen=True, kw_only=True):
+    node: Name
+    wait: bool = False
+    timeout: WaitTimeout = 30.0
+
+
+class WatchArgs(Args, frozen=True, kw_only=True):
+    what: Annotated[
+        Literal["nodes", "children", "all"],
+        msgspec.Meta(description="must be nodes, children or all"),
+    ] = "all"
+
+
+A = TypeVar("A", bound=Args)
+
+
+def decode_args(kind: type[A], args: Mapping[str, Any]) -> A:
+    """``args`` (a request's, as JSON gave them) as the op's request struct.
+
+    Raises:
+        InvalidSpec: naming the argument that is wrong (``timeout``, ``specs``).
+    """
+    try:
+        return msgspec.convert(args, kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        problem, at, path = message.rpartition(" - at `$.")
+        if at:
+            field = path.rstrip("`")
+        elif message.startswith(_MISSING):  # "Object missing required field `id`"
+            field = message.removeprefix(_MISSING).strip("`")
+        else:
+            field = "args"
+        top = field.split(".")[0].split("[")[0]
+        raise InvalidSpec(field, _rules(kind).get(top) or problem) from None
+
+
+_MISSING = "Object missing required field "
+
+
+@functools.cache
+def _rules(kind: type[Args]) -> dict[str, str]:
+    """Each field's message for a bad value (its ``description``), by field name."""
+    rules = {}
+    for name, hint in typing.get_type_hints(kind, include_extras=True).items():
+        for meta in getattr(hint, "__metadata__", ()):
+            if isinstance(meta, msgspec.Meta) and meta.description:
+                rules[name] = meta.description
+    return rules
+
+
+def check_timeout(timeout: float) -> float:
+    """A ``WaitTimeout`` once the op is going to wait.
+
+    Raises:
+        InvalidSpec: out of (0, 3600] seconds.
+    """
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise InvalidSpec("timeout", TIMEOUT_RULE)
+    return timeout
+
+
+# -- results -------------------------------------------------------------------------
+#
+# Encoded with ``dump_result``: a struct is a JSON object with its fields in this
+# order; an UNSET field is left out.
+
+
+class Pong(msgspec.Struct, frozen=True, kw_only=True):
+    node: str
+    version: str
+
+
+class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """``status``: this daemon, its lease and its children by state."""
+
+    node: str
+    cluster: str
+    version: str
+    pid: int
+    uptime: float
+    etcd: str
+    standalone: bool
+    lease: str | None  # hex
+    lease_ttl: float
+    fenced: bool
+    nodes_online: list[str]
+    children_total: int
+    children_local: dict[str, int]  # state -> count
+    revision: int
+    moves_pending: int
+    labels: dict[str, str]
+    groups_failed: dict[str, str]  # group -> "node: reason"
+
+
+class ChildRow(msgspec.Struct, frozen=True):
+    """One child instance, as ``find`` and ``which_children`` list it. Shared by the
+    daemon's caches: change a copy (``msgspec.structs.replace``)."""
+
+    id: str
+    instance: str  # ``id``, or ``id/<n>`` for the n-th replica
+    replica: int
+    role: str  # master | replica
+    group: str | None
+    restart: str
+    owner: str | None  # where the ring places it
+    node: str | None  # where it runs (its claim)
+    pid: int | None
+    state: str  # a claim's state, or pending, degraded, failed, invalid
+    restarts: int
+    started: float | None
+    reason: str
+    fence: int | None  # the claim's create revision
+    rss: int | None = None  # bytes
+    cpu: float | None = None  # percent of one core
+    last_exit: str | msgspec.UnsetType = msgspec.UNSET  # which_children --local only
+
+
+class ChildFound(ChildRow, frozen=True, kw_only=True):
+    """``find`` and ``start_child``: the master's row, then every instance."""
+
+    argv: Any  # as stored (an invalid spec is listed too)
+    replicas: int
+    degraded: bool
+    instances: list[ChildRow]
+
+
+class BatchStored(msgspec.Struct, frozen=True, kw_only=True):
+    """``start_children``: how many specs are stored, and the ids stored differently."""
+
+    stored: int
+    conflicts: list[str]
+
+
+class ChildDeleted(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    deleted: bool = True
+
+
+class LocalChild(msgspec.Struct, frozen=True, kw_only=True):
+    """A child on this node as its supervisor sees it (terminate, restart, signal)."""
+
+    id: str
+    instance: str
+    role: str
+    group: str | None
+    state: str
+    pid: int | None
+    restarts: int
+    started: float | None
+    reason: str
+    last_exit: str
+    fence: int
+    node: str
+    signal: int | msgspec.UnsetType = msgspec.UNSET  # signal_child only
+
+
+class LogLines(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    node: str
+    lines: list[str]
+
+
+class NodeRow(msgspec.Struct, frozen=True, kw_only=True):
+    """``nodes``: one row of the node tracker."""
+
+    node: str
+    status: str  # online | offline | unknown
+    last_change: str | None  # RFC 3339
+    reason: str
+    alive: bool
+    host: str | None
+    pid: int | None
+    draining: bool
+    children: int
+
+
+class NodeDraining(msgspec.Struct, frozen=True, kw_only=True):
+    node: str
+    draining: bool
+
+
+class NodeForgotten(msgspec.Struct, frozen=True, kw_only=True):
+    node: str
+    forgotten: bool = True
+
+
+class GroupRow(msgspec.Struct, frozen=True, kw_only=True):
+    """``groups``, ``create_group``, ``reset_group``: every field of the group's spec
+    (``spec.GroupSpec``), then its cluster-wide state and how many children use it."""
+
+    name: str
+    strategy: str
+    max_restarts: int
+    max_seconds: float
+    restart_delay: float
+    restart_delay_max: float
+    retry_after: float | None
+    restricted: bool
+    state: str  # running | failed
+    reason: str
+    failed_node: str | None
+    since: float | None
+    children: int
+
+
+class GroupDeleted(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    deleted: bool = True
+    orphaned_children: list[str] = []
 
 
 class RemoteError(Exception):
