@@ -16,7 +16,10 @@ import msgspec
 
 from .errors import InvalidSpec
 
-NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# A letter or digit first: a name beginning with "-" reads as an option on a
+# command line ("start-child -x" stored argv ["--", ...]).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+NAME_RULE = "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 RestartType = Literal["permanent", "transient", "temporary"]
 LABEL_PATTERN = r"^[A-Za-z0-9._-]{1,63}$"

@@ -186,6 +186,21 @@ class GroupFailed:
 SupervisorEvent = ChildChanged | GroupFailed
 
 
+# The wait status of a child that could not be executed (a shell's "exit 127").
+_EXEC_FAILED = 127 << 8
+
+
+def _spawn_error(child: Child, exc: Exception) -> str:
+    """Why a spawn failed, naming the path that did (the cwd, not the program,
+    when the cwd is missing)."""
+    if not isinstance(exc, OSError) or not exc.strerror:
+        return str(exc)
+    cwd = child.spec.cwd
+    if cwd is not None and exc.filename == cwd:
+        return f"cwd {cwd!r}: {exc.strerror}"
+    return exc.strerror
+
+
 class Supervisor:
     """Runs this node's children.
 
@@ -496,10 +511,17 @@ class Supervisor:
                 if child.popen is not None:  # reaped here: Popen must never wait for it
                     child.popen.returncode = -signal.SIGKILL
                     child.popen = None
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            child.state = State.FAILED
-            child.reason = f"cannot start {child.spec.argv[0]!r}: {reason}"
+            child.reason = f"cannot start {child.spec.argv[0]!r}: {_spawn_error(child, exc)}"
             logger.error("child %s: %s", child.id, child.reason)
+            if restart_wanted(child.spec.restart, _EXEC_FAILED):
+                # A failed start is retried like a crash (supervisord's startretries):
+                # under the restart intensity and its backoff, escalating past it.
+                child.last_exit = child.reason
+                child.state = State.RESTARTING
+                self._report(ChildChanged(child.id))
+                self._nursery.start_soon(self._handle_exit, child, _EXEC_FAILED)
+                return False
+            child.state = State.FAILED
             self._report(ChildChanged(child.id))
             return False
         if self.guard is not None:

@@ -77,3 +77,15 @@ def test_arbitrary_input_is_rejected_cleanly_or_valid(data: dict) -> None:
         assert exc.field
     else:
         assert parse_child(json.loads(encode(spec))) == spec
+
+
+@pytest.mark.parametrize("name", ["-leading", "--", ".hidden", "_x", ""])
+def test_an_id_starts_with_a_letter_or_digit(name: str) -> None:
+    with pytest.raises(InvalidSpec) as exc:
+        parse_child({"id": name, "argv": ["sleep", "1"]})
+    assert exc.value.field == "id"
+
+
+@pytest.mark.parametrize("name", ["a", "9", "web-1", "a.b_c-d", "x" * 128])
+def test_ids_that_are_fine(name: str) -> None:
+    assert parse_child({"id": name, "argv": ["sleep", "1"]}).id == name

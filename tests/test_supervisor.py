@@ -307,10 +307,40 @@ async def test_terminate_then_restart(h: Harness) -> None:
     assert not child.terminated
 
 
-async def test_cannot_start_is_failed_with_reason(h: Harness) -> None:
+async def test_a_program_that_cannot_start_is_retried_under_intensity_then_fails(
+    h: Harness,
+) -> None:
+    """A failed exec counts as a failed start: restarted like a crash until the
+    restart intensity (3 in 5 s by default) is exceeded, then failed with the reason."""
     child = h.start("ghost", ["/nonexistent/program"])
+    assert child.state == State.RESTARTING
+    await until(lambda: child.state == State.FAILED, what="failed past its intensity")
+    assert child.restarts == 3, child.restarts
+    assert "restart intensity exceeded" in child.reason
+    assert "cannot start '/nonexistent/program': No such file or directory" in child.reason
+
+
+async def test_a_temporary_program_that_cannot_start_fails_at_once(h: Harness) -> None:
+    child = h.start("ghost", ["/nonexistent/program"], restart="temporary")
+    assert child.state == State.FAILED and child.restarts == 0
+    assert child.reason == "cannot start '/nonexistent/program': No such file or directory"
+
+
+async def test_a_missing_cwd_is_named_not_the_program(h: Harness) -> None:
+    child = h.start("badcwd", ["sleep", "100"], cwd="/no/such/dir", restart="temporary")
     assert child.state == State.FAILED
-    assert "cannot start '/nonexistent/program'" in child.reason
+    assert child.reason == "cannot start 'sleep': cwd '/no/such/dir': No such file or directory"
+
+
+async def test_a_failed_start_backs_off_like_a_crash(h: Harness) -> None:
+    group = GroupSpec(name="g", restart_delay=0.2, max_restarts=5, max_seconds=30)
+    started = trio.current_time()
+    child = h.start("ghost", ["/nonexistent/program"], group=group)
+    await until(lambda: child.restarts == 3, what="three retries")
+    # The third is scheduled after two backoffs, 0.2 s then 0.4 s (doubling),
+    # not in an immediate loop.
+    assert trio.current_time() - started >= 0.6 - 0.05
+    assert child.state == State.BACKOFF
 
 
 async def test_log_rotation_keeps_the_bound(tmp_path: Path, nursery: trio.Nursery) -> None:
@@ -435,9 +465,11 @@ async def test_a_spawn_that_cannot_be_watched_fails_the_child_and_kills_it(
     monkeypatch.setattr(h.sup, "_spawn", spawn_and_remember)
     monkeypatch.setattr(h.sup.io, "watch", no_descriptors)
     child = h.start("unwatched", SLEEP)
-    assert child.state == State.FAILED and child.pid is None
+    assert child.state == State.RESTARTING and child.pid is None, "retried as a failed start"
+    await until(lambda: child.state == State.FAILED, what="failed past its intensity")
     assert "Too many open files" in child.reason
-    assert len(spawned) == 1 and not psutil.pid_exists(spawned[0]), "killed and reaped"
+    assert len(spawned) == 4, "the start and 3 restarts"
+    assert not any(psutil.pid_exists(pid) for pid in spawned), "each killed and reaped"
 
 
 async def test_restart_waiting_on_a_stop_does_not_bring_the_child_back(
