@@ -14,17 +14,19 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from . import records
+from .records import rfc3339
 
 if TYPE_CHECKING:
     from .etcd import KV
     from .keys import Keys
-    from .records import Claim, Status
+    from .records import Claim, Drain, Status
     from .spec import GroupRecord
     from .view import Change, ClusterView
 
@@ -42,9 +44,14 @@ def _record(kv: KV | None, kind: str, name: str, sub: str = "") -> Any:
 
 
 def node_update(change: Change, keys: Keys) -> dict[str, Any] | None:
-    """The node_update event for a change of a ``nodes/<n>/status`` row, else None."""
+    """The node_update event for a change of a ``nodes/<n>/status`` row or of a
+    drain (``drain``/``undrain``), else None."""
     parsed = keys.parse(change.kv.key)
-    if parsed is None or parsed[0] != "nodes" or parsed[2] != "status":
+    if parsed is None or parsed[0] != "nodes":
+        return None
+    if parsed[2] == "drain":
+        return _drain_update(change, parsed[1])
+    if parsed[2] != "status":
         return None
     node = parsed[1]
     new: Status | None = _record(change.kv, "nodes", node, "status")
@@ -61,6 +68,32 @@ def node_update(change: Change, keys: Keys) -> dict[str, Any] | None:
         "old_status": old.status if old else "none",
         "reason": new.reason if new else "",
         "last_change": new.last_change if new else None,
+    }
+
+
+def _drain_update(change: Change, node: str) -> dict[str, Any] | None:
+    """A drain as a node_update: ``draining`` from ``online``, and back."""
+    if change.kind == "put":
+        if change.previous is not None:
+            return None  # drained again: no change
+        drain: Drain | None = _record(change.kv, "nodes", node, "drain")
+        by = f" by {drain.by}" if drain and drain.by else ""
+        since = drain.since if drain and drain.since else time.time()
+        return {
+            "kind": "node",
+            "node": node,
+            "status": "draining",
+            "old_status": "online",
+            "reason": f"drained{by}",
+            "last_change": rfc3339(since),
+        }
+    return {
+        "kind": "node",
+        "node": node,
+        "status": "online",
+        "old_status": "draining",
+        "reason": "undrained",
+        "last_change": rfc3339(time.time()),
     }
 
 

@@ -18,7 +18,6 @@ import os
 import random
 import socket
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -28,7 +27,7 @@ from . import __version__, metrics, records
 from .errors import EtcdUnavailable
 from .guard import kill_instance
 from .procfs import start_ticks, start_time
-from .records import Alive, InvalidRecord, NodeStatus, Status, encode
+from .records import Alive, InvalidRecord, NodeStatus, Status, encode, rfc3339
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return rfc3339()
 
 
 def decode(kv: KV | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ Handoff state (``handoff/<instance>``) is the child's own bytes and has no recor
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -141,6 +142,12 @@ def decode(kind: str, sub: str, name: str, data: bytes) -> Any:
     if own is not None and own != name:
         raise InvalidRecord(f"{own!r} does not match its key")
     return value
+
+
+def rfc3339(unix: float | None = None) -> str:
+    """A time as records write it (``last_change``): UTC, milliseconds; None: now."""
+    when = datetime.now(UTC) if unix is None else datetime.fromtimestamp(unix, UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _encoder = msgspec.json.Encoder()

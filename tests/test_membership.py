@@ -311,3 +311,34 @@ def test_a_restarted_daemon_kills_what_its_dead_predecessor_left_running(
     finally:
         if alive(old):
             os.kill(old, signal.SIGKILL)
+
+
+def test_watch_shows_drain_and_undrain_as_node_updates(cluster: Cluster) -> None:
+    """A drain and an undrain are node_update events like the others (nodes only)."""
+    a = cluster.daemon("a")
+    cluster.daemon("b")
+    events: list[dict] = []
+
+    def reader() -> None:
+        for reply in Client(a.socket, timeout=30).stream("watch", what="nodes"):
+            events.append(reply["event"])
+            if (
+                reply["event"].get("status") == "online"
+                and reply["event"].get("old_status") == "draining"
+            ):
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    # The stream is attached once it reports a change made after it was opened.
+    wait_until(lambda: (a.call("drain", node="b"), events)[1] != [], 10, "the drain event")
+    a.call("undrain", node="b")
+    thread.join(15)
+    assert not thread.is_alive()
+    assert all(e["kind"] == "node" for e in events), events
+    seen = [(e["node"], e["status"], e["old_status"], e["reason"]) for e in events]
+    assert seen == [
+        ("b", "draining", "online", "drained by a"),
+        ("b", "online", "draining", "undrained"),
+    ]
+    assert all(e["last_change"].endswith("Z") for e in events)
