@@ -11,7 +11,7 @@ import trio
 
 from . import __version__
 from .config import Config, load
-from .errors import ConfigError
+from .errors import ConfigError, RingdError, StartupFailed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--lease-ttl", metavar="SECONDS", type=float, help="lease TTL")
     start.add_argument("--cluster", metavar="NAME", help="cluster name (etcd key prefix)")
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    start.add_argument("--etcd-wait", metavar="SECONDS", type=float,
+                       help="exit 1 if etcd is not reached in time (default: wait)")  # fmt: skip
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", metavar="FILE")
     return parser
@@ -42,6 +44,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "lease_ttl": args.lease_ttl,
         "cluster": args.cluster,
         "log_level": args.log_level,
+        "etcd_wait": args.etcd_wait,
     }
 
 
@@ -64,18 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     from . import daemon  # imports etcd3/grpc: only when actually starting
 
     problems: list[str] = []
+    code = 0
     try:
         trio.run(daemon.run, config)
     except* ConfigError as group:
         # Raised inside the daemon's nursery, it arrives in an exception group:
         # one line per problem, no traceback.
-        problems = [str(leaf) for leaf in _leaves(group)]
+        problems, code = [str(leaf) for leaf in _leaves(group)], 2
+    except* StartupFailed as group:
+        problems, code = [str(leaf) for leaf in _leaves(group)], 1
     for problem in problems:
         print(f"ringd: {problem}", file=sys.stderr)
-    return 2 if problems else 0
+    return code
 
 
-def _leaves(group: BaseExceptionGroup[ConfigError]) -> list[BaseException]:
+def _leaves(group: BaseExceptionGroup[RingdError]) -> list[BaseException]:
     out: list[BaseException] = []
     for leaf in group.exceptions:
         out.extend(_leaves(leaf) if isinstance(leaf, BaseExceptionGroup) else [leaf])

@@ -41,6 +41,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     etcd: list[str] = msgspec.field(default_factory=list)
     etcd_prefix: str = "/ringd"
     etcd_timeout: Seconds = 5.0
+    # Give up (exit 1) if etcd is not reachable within this many seconds of start;
+    # unset: wait for ever, as a service should (etcd may come up after it).
+    etcd_wait: Seconds | None = None
     etcd_ca_cert: str | None = None
     etcd_cert: str | None = None
     etcd_key: str | None = None

@@ -16,7 +16,7 @@ import trio
 
 from .api import Api
 from .control import ControlServer
-from .errors import EtcdUnavailable
+from .errors import EtcdUnavailable, StartupFailed
 from .etcd import TLS, Etcd
 from .figures import Figures, Publisher
 from .guard import Guard
@@ -221,9 +221,15 @@ async def _serve(config: Config, parts: Parts, endpoints: list[str], notifier: N
                         if parts.metrics is not None:
                             await nursery.start(parts.metrics.run)
                         notifier.status(f"registering with etcd at {', '.join(endpoints)}")
-                        await nursery.start(parts.view.run)
-                        await nursery.start(parts.supervisor.run)
-                        await nursery.start(parts.membership.run)
+                        with trio.move_on_after(config.etcd_wait or math.inf) as waiting:
+                            await nursery.start(parts.view.run)
+                            await nursery.start(parts.supervisor.run)
+                            await nursery.start(parts.membership.run)
+                        if waiting.cancelled_caught:
+                            raise StartupFailed(
+                                f"etcd at {', '.join(endpoints)} not reached within "
+                                f"{config.etcd_wait:g} s (etcd_wait)"
+                            )
                         await nursery.start(parts.reconciler.run)
                         await nursery.start(parts.control.run)
                         await nursery.start(parts.publisher.run)

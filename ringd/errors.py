@@ -30,6 +30,12 @@ class ConfigError(RingdError):
     code = "config"
 
 
+class StartupFailed(RingdError):
+    """The daemon could not start (etcd not reached within ``etcd_wait``): exit 1."""
+
+    code = "startup"
+
+
 class EtcdUnavailable(RingdError):
     """etcd could not be reached (or did not answer in time)."""
 
@@ -37,6 +43,7 @@ class EtcdUnavailable(RingdError):
 
     def __init__(self, endpoint: str, reason: str) -> None:
         self.endpoint = endpoint
+        self.reason = reason
         super().__init__(f"etcd at {endpoint} unavailable: {reason}")
 
 

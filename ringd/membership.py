@@ -26,6 +26,7 @@ import trio
 from . import __version__, metrics, records
 from .errors import EtcdUnavailable
 from .guard import kill_instance
+from .outage import OutageLog
 from .procfs import start_ticks, start_time
 from .records import Alive, InvalidRecord, NodeStatus, Status, encode, rfc3339
 
@@ -262,12 +263,14 @@ class Membership:
         # retry at most every TTL / 4 (jittered), not 5 s, so that they are back
         # within TTL + a little of etcd's return.
         max_backoff = min(5.0, self.config.lease_ttl / 4)
+        outage = OutageLog(logger, "register with etcd", self.etcd.endpoints)
         while not self.leaving:  # a node on its way out does not register again
             try:
                 await self._register()
+                outage.succeeded()
                 return
             except EtcdUnavailable as exc:
-                logger.warning("cannot register with etcd: %s", exc)
+                outage.failed(exc)
             await trio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, max_backoff)
 

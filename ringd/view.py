@@ -18,6 +18,7 @@ import trio
 
 from . import records
 from .errors import EtcdUnavailable, WatchBroken
+from .outage import OutageLog
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -90,6 +91,7 @@ class ClusterView:
         self._subscribers: set[trio.MemorySendChannel[Change]] = set()
         # key -> (mod revision, record or _INVALID): each value decoded once
         self._records: dict[str, tuple[int, Any]] = {}
+        self.outage = OutageLog(logger, "list cluster state", etcd.endpoints)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -294,6 +296,7 @@ class ClusterView:
             try:
                 if need_list:
                     await self._relist()
+                    self.outage.succeeded()
                     need_list = False
                     if not started:
                         started = True
@@ -313,6 +316,6 @@ class ClusterView:
                 if trio.current_time() - watched_since > 2 * backoff:
                     backoff = 0.1  # the watch was healthy for a while: not a flapping loop
             except EtcdUnavailable as exc:
-                logger.warning("cannot list cluster state: %s", exc)
+                self.outage.failed(exc)
             await trio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.max_backoff)

@@ -247,6 +247,8 @@ def test_sigterm_ends_a_daemon_still_waiting_for_etcd(cluster: Cluster) -> None:
     # Port 1 on loopback: nothing listens there, connections are refused at once.
     d = cluster.daemon("n1", etcd="http://127.0.0.1:1", start=False).start(wait=False)
     wait_until(lambda: "cannot list cluster state" in d.log.read_text(), 20, "a failed etcd read")
+    log = d.log.read_text()
+    assert "etcd at http://127.0.0.1:1:" in log, "the first line names the endpoints"
     stopped = time.monotonic()
     assert d.stop(timeout=15) == 0, d.log.read_text()[-3000:]
     took = time.monotonic() - stopped
@@ -342,3 +344,21 @@ def test_watch_shows_drain_and_undrain_as_node_updates(cluster: Cluster) -> None
         ("b", "online", "draining", "undrained"),
     ]
     assert all(e["last_change"].endswith("Z") for e in events)
+
+
+def test_unreachable_etcd_is_logged_once_then_etcd_wait_exits_1(cluster: Cluster) -> None:
+    """An unreachable etcd: one line naming the endpoints and the error (then once a
+    minute, not once a second), and with --etcd-wait the daemon gives up with exit 1."""
+    d = cluster.daemon("n1", etcd="http://127.0.0.1:1", start=False)
+    d.extra_args += ["--etcd-wait", "3"]
+    process = d.start(wait=False).process
+    assert process is not None
+    assert process.wait(timeout=30) == 1
+    log = d.log.read_text()
+    failures = [line for line in log.splitlines() if "cannot list cluster state" in line]
+    assert len(failures) == 1, log  # about 10 attempts in 3 s, one line
+    assert "etcd at http://127.0.0.1:1:" in failures[0]
+    assert log.rstrip().splitlines()[-1] == (
+        "ringd: etcd at http://127.0.0.1:1 not reached within 3 s (etcd_wait)"
+    ), log
+    assert "Traceback" not in log
