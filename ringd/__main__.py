@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config: Config = load(args.config, _overrides(args))
     except ConfigError as exc:
-        print(f"ringd: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"ringd: {line}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config.log_level.upper(),
@@ -76,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         problems, code = [str(leaf) for leaf in _leaves(group)], 2
     except* StartupFailed as group:
         problems, code = [str(leaf) for leaf in _leaves(group)], 1
-    for problem in problems:
-        print(f"ringd: {problem}", file=sys.stderr)
+    for line in "\n".join(problems).splitlines():
+        print(f"ringd: {line}", file=sys.stderr)
     return code
 
 

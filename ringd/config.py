@@ -17,6 +17,7 @@ import msgspec
 from .errors import ConfigError
 from .protocol import default_socket_path
 from .spec import NAME_PATTERN, Label
+from .validation import problems
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -90,25 +91,28 @@ def default_state_dir() -> str:
     return os.path.join(base, "ringd")
 
 
-def _check(config: Config) -> None:
+def _check(config: Config) -> list[str]:
+    """What the types alone do not catch, every one of it."""
+    found = []
     if config.fence_margin >= config.lease_ttl:
-        raise ConfigError("fence_margin: must be smaller than lease_ttl")
+        found.append("fence_margin: must be smaller than lease_ttl")
     if len(os.fsencode(config.socket)) >= 104:
-        raise ConfigError(f"socket: path {config.socket!r} is too long for a Unix socket")
+        found.append(f"socket: path {config.socket!r} is too long for a Unix socket")
     for url in config.etcd:
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"etcd: {url!r} is not an http:// or https:// URL")
+            found.append(f"etcd: {url!r} is not an http:// or https:// URL")
     if bool(config.etcd_cert) != bool(config.etcd_key):
-        raise ConfigError("etcd_cert/etcd_key: give both or neither")
+        found.append("etcd_cert/etcd_key: give both or neither")
     if bool(config.etcd_user) != bool(config.etcd_password):
-        raise ConfigError("etcd_user/etcd_password: give both or neither")
+        found.append("etcd_user/etcd_password: give both or neither")
+    return found
 
 
 def load(path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> Config:
     """Read the TOML file (if any) and apply ``overrides`` (flags; None means unset).
 
     Raises:
-        ConfigError: naming the key that is wrong.
+        ConfigError: naming every key that is wrong, one per line.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -119,9 +123,12 @@ def load(path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> Conf
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
     data.update({k: v for k, v in overrides.items() if v is not None and v != []})
-    try:
-        config = msgspec.convert(data, Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path or 'flags'}: {exc}") from exc
-    _check(config)
+    if isinstance(data.get("etcd"), str):
+        data["etcd"] = [data["etcd"]]  # one endpoint may be written as a string
+    where = path or "flags"
+    if found := problems(data, Config):
+        raise ConfigError("\n".join(f"{where}: {key}: {problem}" for key, problem in found))
+    config = msgspec.convert(data, Config)
+    if found_too := _check(config):
+        raise ConfigError("\n".join(f"{where}: {problem}" for problem in found_too))
     return config

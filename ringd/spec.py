@@ -15,14 +15,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from .errors import InvalidSpec
+from .validation import LABEL_PATTERN, NAME_PATTERN, NAME_RULE, describe, problems
 
-# A letter or digit first: a name beginning with "-" reads as an option on a
-# command line ("start-child -x" stored argv ["--", ...]).
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-NAME_RULE = "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+__all__ = ["LABEL_PATTERN", "NAME_PATTERN", "NAME_RULE"]  # re-exported: their old home
+
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 RestartType = Literal["permanent", "transient", "temporary"]
-LABEL_PATTERN = r"^[A-Za-z0-9._-]{1,63}$"
 Label = Annotated[str, msgspec.Meta(pattern=LABEL_PATTERN)]
 MAX_REPLICAS = 32
 
@@ -105,14 +103,8 @@ def signal_number(name: str) -> int:
 
 
 def _as_invalid(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidSpec:
-    message = str(exc)
-    problem, sep, path = message.rpartition(" - at `")
-    if not sep:
-        # Field-level messages without a path name the field in backquotes.
-        named = re.search(r"field `([^`]+)`", message)
-        return InvalidSpec(named.group(1) if named else "spec", message)
-    field = path.rstrip("`").removeprefix("$.") or "spec"
-    return InvalidSpec(field, problem)
+    field, problem = describe(exc)
+    return InvalidSpec(field or "spec", problem)
 
 
 def parse_child(data: bytes | str | dict[str, Any]) -> ChildSpec:
@@ -126,7 +118,11 @@ def parse_child(data: bytes | str | dict[str, Any]) -> ChildSpec:
             spec = msgspec.convert(data, ChildSpec)
         else:
             spec = msgspec.json.decode(data, type=ChildSpec)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except msgspec.ValidationError as exc:
+        if isinstance(data, dict) and (found := problems(data, ChildSpec)):
+            raise InvalidSpec(*found[0]) from exc  # names a table's entry too
+        raise _as_invalid(exc) from exc
+    except msgspec.DecodeError as exc:
         raise _as_invalid(exc) from exc
     _check(spec)
     return spec

@@ -68,3 +68,33 @@ def test_check_config_command(tmp_path: Path) -> None:
         [sys.executable, "-m", "ringd", "check-config", str(SAMPLE)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_check_config_reports_every_error_in_one_pass(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        'lease_ttl = "ten"\nname = "-node"\nfrobnicate = 1\nlabels = { zone = "eu west" }\n'
+    )
+    with pytest.raises(ConfigError) as exc:
+        load(path, {})
+    assert str(exc.value).splitlines() == [
+        f"{path}: lease_ttl: must be a number, not a string",
+        f"{path}: name: must be 1-128 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit",
+        f"{path}: frobnicate: unknown key",
+        f"{path}: labels.zone: must be 1-63 letters, digits, '.', '_' or '-'",
+    ]
+
+
+def test_checks_beyond_types_are_all_reported(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('lease_ttl = 2.0\nfence_margin = 3.0\netcd = ["ftp://x"]\netcd_user = "u"\n')
+    with pytest.raises(ConfigError) as exc:
+        load(path, {})
+    assert len(str(exc.value).splitlines()) == 3, exc.value
+
+
+def test_one_etcd_endpoint_may_be_a_string(tmp_path: Path) -> None:
+    path = tmp_path / "one.toml"
+    path.write_text('etcd = "http://127.0.0.1:2379"\n')
+    assert load(path, {}).etcd == ["http://127.0.0.1:2379"]
