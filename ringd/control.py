@@ -52,7 +52,7 @@ async def read_lines(stream: trio.abc.ReceiveStream, max_line: int) -> AsyncGene
 def _parse(line: bytes) -> tuple[Any, str, dict[str, Any]]:
     try:
         message = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError("a request must be a JSON object")
@@ -62,7 +62,13 @@ def _parse(line: bytes) -> tuple[Any, str, dict[str, Any]]:
         raise ProtocolError("'op' must be a string")
     if not isinstance(args, dict):
         raise ProtocolError("'args' must be an object")
-    return message.get("id"), op, args
+    request_id = message.get("id")
+    try:
+        protocol.dumps(request_id)  # every reply repeats it
+    except (UnicodeEncodeError, RecursionError):
+        # A lone surrogate ("\udcff" in the JSON): no reply could carry it.
+        raise ProtocolError("'id' must be valid Unicode text") from None
+    return request_id, op, args
 
 
 class ControlServer:
@@ -143,13 +149,14 @@ class ControlServer:
         try:
             listener = trio.SocketListener(self._sock)
             async with trio.open_nursery() as nursery:
-                await nursery.start(trio.serve_listeners, self._serve, [listener])
+                await nursery.start(trio.serve_listeners, self.handle, [listener])
                 task_status.started()
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection until the client closes it (or sends too long a line)."""
         async with stream:
             if self._limit.value == 0:
                 await self._send(stream, protocol.error(None, "busy", "too many connections"))
@@ -162,12 +169,12 @@ class ControlServer:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the client went away
 
-    async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
+    async def _send(self, stream: trio.abc.SendStream, data: bytes) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(data)
 
     async def _stream_events(
-        self, stream: trio.SocketStream, request_id: Any, events: AsyncGenerator[Any, None]
+        self, stream: trio.abc.Stream, request_id: Any, events: AsyncGenerator[Any, None]
     ) -> None:
         """Send each event of a stream op until it ends or the client hangs up.
 
@@ -178,9 +185,7 @@ class ControlServer:
             async with contextlib.aclosing(events), trio.open_nursery() as nursery:
                 nursery.start_soon(self._cancel_on_hang_up, stream, nursery.cancel_scope)
                 async for event in events:
-                    await stream.send_all(
-                        protocol.encode({"id": request_id, "ok": True, "event": event})
-                    )
+                    await stream.send_all(protocol.event(request_id, event))
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # The op's own error (not_found, a client gone) as the caller answers any
@@ -190,19 +195,21 @@ class ControlServer:
             raise
 
     @staticmethod
-    async def _cancel_on_hang_up(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    async def _cancel_on_hang_up(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         # Whatever the client sends after a stream request is ignored. End of input
         # may be a half-close (it still reads: "send, shutdown, read" is a fair way
         # to talk) or a hang-up; only a hang-up sets POLLHUP on a Unix socket.
         while await stream.receive_some(4096):
             pass
+        if not isinstance(stream, trio.SocketStream):
+            return  # no way to tell: a hang-up is noticed at the next event sent
         poller = select.poll()
         poller.register(stream.socket.fileno(), select.POLLHUP)
         while not poller.poll(0):  # noqa: ASYNC110 - a hang-up has no event to wait on
             await trio.sleep(_HANG_UP_POLL)
         scope.cancel()
 
-    async def _conversation(self, stream: trio.SocketStream) -> None:
+    async def _conversation(self, stream: trio.abc.Stream) -> None:
         # Closed here, not by the garbage collector, when a stream op ends the talk.
         async with contextlib.aclosing(read_lines(stream, self.max_line)) as lines:
             async for line in lines:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .api import Api
+from . import ops
 from .control import ControlServer
 from .errors import EtcdUnavailable, StartupFailed
 from .etcd import TLS, Etcd
@@ -118,7 +118,7 @@ def build(config: Config, endpoints: list[str]) -> Parts:
         rebalance_rate=config.rebalance_rate,
     )
     figures = Figures()
-    api = Api(
+    context = ops.Context(
         config=config,
         etcd=etcd,
         keys=keys,
@@ -130,8 +130,8 @@ def build(config: Config, endpoints: list[str]) -> Parts:
     )
     control = ControlServer(
         config.socket,
-        api.handlers(),
-        api.streams(),
+        ops.handlers(context),
+        ops.stream_handlers(context),
         mode=config.socket_mode,
         group=config.socket_group,
     )

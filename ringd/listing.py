@@ -1,16 +1,16 @@
 """The rows that ``find`` and ``which-children`` answer with, one per child
-instance, built from the view and kept until what they show changes.
+instance (``protocol.ChildRow``), built from the view's records and kept until
+what they show changes.
 
-A row is decoded from the child's spec and claims (JSON). Done per request, a
-crowd of which-children calls (1,000 rows: ~25 ms each) held the event loop so
-long that lease keepalives missed their deadline and the node fenced itself. So
-a child's rows are built again only when its spec, its claims or its placement
-changed (compared by identity: the view replaces a key's KV when it changes);
-the whole listing once per view version, yielding every ``step`` children; and
-a which-children reply is encoded once for all the readers of the same second
-(the figures in it are that fresh anyway, see ``Figures``).
+Built per request, a crowd of which-children calls (1,000 rows: ~25 ms each) held
+the event loop so long that lease keepalives missed their deadline and the node
+fenced itself. So a child's rows are built again only when its spec, its claims or
+its placement changed (compared by identity: the view replaces a key's KV when it
+changes); the whole listing once per view version, yielding every ``step``
+children; and a which-children reply is encoded once for all the readers of the
+same second (the figures in it are that fresh anyway, see ``Figures``).
 
-Rows handed out are shared: a caller copies a row before changing it.
+Rows are frozen and shared: a caller changes a copy (``msgspec.structs.replace``).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import trio
 
-from .membership import decode
+from . import records
 from .placement import instance_key
-from .protocol import Encoded, dumps
+from .protocol import ChildRow, Encoded, dump_result
 from .spec import MAX_REPLICAS
 
 if TYPE_CHECKING:
@@ -33,9 +34,11 @@ if TYPE_CHECKING:
     from .figures import Figures
     from .placement import Instance
     from .reconciler import Reconciler
-    from .view import ClusterView
+    from .records import Claim
+    from .spec import ChildSpec
+    from .view import ClusterView, Stored
 
-Row = dict[str, Any]
+INVALID = "the spec in etcd is not valid (see the daemon log)"
 
 
 @dataclass(slots=True)
@@ -45,9 +48,9 @@ class Entry:
     spec_kv: KV
     argv: Any  # as stored (an invalid spec still lists); the rest of the spec is in rows
     placed: list[Instance] | None
-    claims: tuple[KV | None, ...]  # per replica
+    claims: tuple[KV | None, ...]  # per replica: the claim's KV, None if none (or corrupt)
     context: object  # the placement inputs when a row is pending (its reason), else None
-    rows: list[Row]
+    rows: list[ChildRow]
 
 
 class Listing:
@@ -76,12 +79,11 @@ class Listing:
         self.fresh = fresh
         self.step = step
         self._entries: dict[str, Entry] = {}
-        self._all: tuple[int, list[Row]] | None = None  # (view version, rows)
+        self._all: tuple[int, list[ChildRow]] | None = None  # (view version, rows)
         # One build (and one encoding) at a time: the others wait, then reuse it.
         self._building = trio.Lock()
         self._encoding = trio.Lock()
         self._pending: tuple[object, Any, Any] | None = None  # (inputs, groups, nodes)
-        self._published: dict[str, tuple[KV | None, dict[str, Any]]] = {}
         self._replies: dict[Hashable, tuple[int, float, Encoded]] = {}
 
     # -- rows -------------------------------------------------------------------------
@@ -92,7 +94,7 @@ class Listing:
             self._prune()  # children deleted while nobody listed them all
         return self._entry(child_id, spec_kv, self.reconciler.place())
 
-    async def everything(self) -> list[Row]:
+    async def everything(self) -> list[ChildRow]:
         """Every child's rows, by child id."""
         if self._all is not None and self._all[0] == self.view.version:
             return self._all[1]
@@ -100,8 +102,9 @@ class Listing:
             version = self.view.version
             if self._all is not None and self._all[0] == version:
                 return self._all[1]  # built while we waited
-            children = sorted(self.view.by_kind("children").items())
-            rows: list[Row] = []
+            # Every key, valid spec or not: an invalid one is listed as such.
+            children = sorted(self.view.live("children").items())
+            rows: list[ChildRow] = []
             placed = self.reconciler.place()
             for i, (child_id, kv) in enumerate(children):
                 if i and i % self.step == 0:
@@ -127,7 +130,7 @@ class Listing:
             or entry.placed is not placement
             or (entry.context is not None and entry.context is not self._inputs())
             or any(
-                self.view.get("claims", instance_key(child_id, replica)) is not kv
+                _kv(self.view.claim(instance_key(child_id, replica))) is not kv
                 for replica, kv in enumerate(entry.claims)
             )
         ):
@@ -138,70 +141,60 @@ class Listing:
         self.reconciler.place()  # brings them up to date (a no-op unless the view changed)
         return self.reconciler.placement_inputs
 
+    def _spec(self, child_id: str, kv: KV) -> ChildSpec | None:
+        """The spec in ``kv``, or None if it is not a valid spec."""
+        stored = self.view.spec(child_id)
+        if stored is not None and stored.kv is kv:
+            return stored.value  # decoded once by the view
+        try:  # newer than the view (just written), or invalid
+            spec: ChildSpec = records.decode("children", "", child_id, kv.value)
+        except records.InvalidRecord:
+            return None
+        return spec
+
     def _build(self, child_id: str, spec_kv: KV, placement: list[Instance] | None) -> Entry:
-        spec = decode(spec_kv)
+        spec = self._spec(child_id, spec_kv)
+        shown = _Shown.of(spec) if spec is not None else _Shown.stored(spec_kv)
         owners = [i.node for i in placement or ()]
-        replicas = spec.get("replicas", 1) if isinstance(spec.get("replicas"), int) else 1
-        replicas = min(max(replicas, 1), MAX_REPLICAS)  # a corrupt spec: never a huge range
-        claims = tuple(self.view.get("claims", instance_key(child_id, r)) for r in range(replicas))
+        claims = [self.view.claim(instance_key(child_id, r)) for r in range(shown.replicas)]
         context = None
         rows = []
-        for replica, claim_kv in enumerate(claims):
-            key = instance_key(child_id, replica)
-            claim = decode(claim_kv)
-            row = {
-                "id": child_id,
-                "instance": key,
-                "replica": replica,
-                "role": "master" if replica == 0 else "replica",
-                "group": spec.get("group"),
-                "restart": spec.get("restart", "permanent"),
-                "owner": owners[replica] if replica < len(owners) else None,
-                "node": claim.get("node"),
-                "pid": claim.get("pid"),
-                "state": claim.get("state", "pending") if claim_kv is not None else "pending",
-                "restarts": claim.get("restarts", 0),
-                "started": claim.get("started"),
-                "reason": claim.get("reason", ""),
-                "fence": claim_kv.create_revision if claim_kv is not None else None,
-                "rss": None,
-                "cpu": None,
-            }
-            if claim_kv is None:
-                context = self._inputs()
-                self._why_not_running(row, child_id, replica, len(owners))
-            rows.append(row)
-        return Entry(spec_kv, spec.get("argv"), placement, claims, context, rows)
+        for replica, claim in enumerate(claims):
+            owner = owners[replica] if replica < len(owners) else None
+            if claim is not None:
+                rows.append(_claimed(child_id, replica, shown, owner, claim))
+                continue
+            context = self._inputs()
+            state, reason = self._why_not_running(child_id, spec, replica, len(owners))
+            rows.append(_pending(child_id, replica, shown, owner, state, reason))
+        kvs = tuple(_kv(claim) for claim in claims)
+        return Entry(spec_kv, shown.argv, placement, kvs, context, rows)
 
-    def _why_not_running(self, row: Row, child_id: str, replica: int, placed: int) -> None:
-        specs = self.reconciler.specs()
-        if child_id not in specs:
-            if self.view.get("children", child_id) is None:
-                # Just created (start-child answers before its watch event arrives).
-                row["reason"] = "just created: not placed yet"
-            else:
-                row["state"], row["reason"] = (
-                    "invalid",
-                    "the spec in etcd is not valid (see the daemon log)",
-                )
-            return
+    def _why_not_running(
+        self, child_id: str, spec: ChildSpec | None, replica: int, placed: int
+    ) -> tuple[str, str]:
+        """The state and reason of an instance without a claim."""
+        if spec is None:
+            return "invalid", INVALID
+        if self.view.spec(child_id) is None:
+            # Just created (start-child answers before its watch event arrives).
+            return "pending", "just created: not placed yet"
         # Groups and nodes once per change of them, not per pending row (after a
         # failover or before the first node is up, every row is pending).
         inputs = self._inputs()
         if self._pending is None or self._pending[0] is not inputs:
             self._pending = (inputs, self.reconciler.groups(), self.reconciler.nodes())
         _, groups, nodes = self._pending
-        reason = self.reconciler.why_pending(specs[child_id], groups, nodes)
+        reason = self.reconciler.why_pending(spec, groups, nodes)
         if reason.startswith("group") and "failed" in reason:
-            row["state"] = "failed"
-        elif placed and replica >= placed:
-            row["state"] = "degraded"
-            reason = f"only {placed} eligible node(s) for {specs[child_id].replicas} replicas"
-        row["reason"] = reason
+            return "failed", reason
+        if placed and replica >= placed:
+            return "degraded", f"only {placed} eligible node(s) for {spec.replicas} replicas"
+        return "pending", reason
 
     # -- figures ----------------------------------------------------------------------
 
-    async def with_figures(self, rows: list[Row]) -> list[Row]:
+    async def with_figures(self, rows: list[ChildRow]) -> list[ChildRow]:
         """``rows`` with RSS and CPU per instance: measured now for this node's
         children, else the figures their node last published (every
         ``figures_interval``). A row with figures is a copy."""
@@ -209,31 +202,22 @@ class Listing:
         for i, row in enumerate(rows):
             if i and i % self.step == 0:
                 await trio.lowlevel.checkpoint()  # a stale reading costs a /proc read per row
-            node = row["node"]
+            node = row.node
             if node == self.node:
-                measured = self.figures.of(row.get("pid"))
+                measured = self.figures.of(row.pid)
             elif node is None:
                 measured = None
             else:
-                measured = self._published_by(node).get(row["instance"])
+                published = self.view.figures(node)  # decoded once per publication
+                measured = published.value.get(row.instance) if published else None
             if measured:
-                row = {**row, "rss": measured[0], "cpu": measured[1]}
+                row = msgspec.structs.replace(row, rss=measured[0], cpu=measured[1])
             out.append(row)
         return out
 
-    def _published_by(self, node: str) -> dict[str, Any]:
-        """A node's published figures, decoded once per publication."""
-        kv = self.view.get("nodes", node, "figures")
-        known = self._published.get(node)
-        if known is None or known[0] is not kv:
-            if len(self._published) > 2 * self.view.count("nodes", "alive") + 16:
-                self._published.clear()  # nodes that left
-            known = self._published[node] = (kv, decode(kv))
-        return known[1]
-
     # -- replies ----------------------------------------------------------------------
 
-    async def reply(self, key: Hashable, build: Callable[[], Awaitable[list[Row]]]) -> Encoded:
+    async def reply(self, key: Hashable, build: Callable[[], Awaitable[list[ChildRow]]]) -> Encoded:
         """``build()``'s rows, encoded; the same bytes again for the same ``key``
         while the view is unchanged, for at most ``fresh`` seconds."""
         cached = self._replies.get(key)
@@ -253,9 +237,87 @@ class Listing:
             for start in range(0, len(rows), self.step):
                 if start:
                     await trio.lowlevel.checkpoint()
-                parts.append(dumps(rows[start : start + self.step])[1:-1])
+                parts.append(dump_result(rows[start : start + self.step])[1:-1])
             encoded = Encoded(b"[" + b",".join(parts) + b"]")
             if len(self._replies) >= 64:
                 self._replies.clear()  # many different filters: keep it bounded
             self._replies[key] = (version, now, encoded)
             return encoded
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """What a child's rows show of its spec."""
+
+    group: str | None
+    restart: str
+    replicas: int
+    argv: Any
+
+    @classmethod
+    def of(cls, spec: ChildSpec) -> _Shown:
+        return cls(spec.group, spec.restart, spec.replicas, spec.argv)
+
+    @classmethod
+    def stored(cls, kv: KV) -> _Shown:
+        """An invalid spec, as far as it reads: its rows show what it says."""
+        try:
+            value = msgspec.json.decode(kv.value)
+        except msgspec.DecodeError:
+            value = None
+        raw: dict[str, Any] = value if isinstance(value, dict) else {}
+        group, restart, replicas = raw.get("group"), raw.get("restart"), raw.get("replicas")
+        return cls(
+            group if isinstance(group, str) else None,
+            restart if isinstance(restart, str) else "permanent",
+            # never a huge range for a corrupt one
+            min(max(replicas, 1), MAX_REPLICAS) if isinstance(replicas, int) else 1,
+            raw.get("argv"),
+        )
+
+
+def _kv(stored: Stored[Claim] | None) -> KV | None:
+    return stored.kv if stored is not None else None
+
+
+def _claimed(
+    child_id: str, replica: int, shown: _Shown, owner: str | None, stored: Stored[Claim]
+) -> ChildRow:
+    claim = stored.value
+    return ChildRow(
+        id=child_id,
+        instance=instance_key(child_id, replica),
+        replica=replica,
+        role="master" if replica == 0 else "replica",
+        group=shown.group,
+        restart=shown.restart,
+        owner=owner,
+        node=claim.node,
+        pid=claim.pid,
+        state=claim.state,
+        restarts=claim.restarts,
+        started=claim.started,
+        reason=claim.reason,
+        fence=stored.kv.create_revision,
+    )
+
+
+def _pending(
+    child_id: str, replica: int, shown: _Shown, owner: str | None, state: str, reason: str
+) -> ChildRow:
+    return ChildRow(
+        id=child_id,
+        instance=instance_key(child_id, replica),
+        replica=replica,
+        role="master" if replica == 0 else "replica",
+        group=shown.group,
+        restart=shown.restart,
+        owner=owner,
+        node=None,
+        pid=None,
+        state=state,
+        restarts=0,
+        started=None,
+        reason=reason,
+        fence=None,
+    )

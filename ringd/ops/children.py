@@ -1,0 +1,151 @@
+"""Children cluster-wide: store and delete specs, find one, list them all."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ..errors import AlreadyExists, InvalidSpec, NotFound
+from ..protocol import (
+    BatchStored,
+    ChildDeleted,
+    ChildFound,
+    ChildRow,
+    Encoded,
+    check_timeout,
+)
+from ..spec import encode, parse_child
+
+if TYPE_CHECKING:
+    from ..etcd import KV
+    from ..protocol import (
+        DeleteChildArgs,
+        FindArgs,
+        StartChildArgs,
+        StartChildrenArgs,
+        WhichChildrenArgs,
+    )
+    from ..supervisor import Child
+    from .context import Context
+
+_ROW_FIELDS = frozenset(ChildRow.__struct_fields__)
+
+
+async def start_child(ctx: Context, args: StartChildArgs) -> ChildFound:
+    """Store a child spec (the ring picks its node); the same spec again is fine."""
+    spec = parse_child(args.spec)
+    value = encode(spec)
+    existing = await ctx.etcd.create_coalesced(ctx.keys.child(spec.id), value)
+    if existing.value != value:
+        raise AlreadyExists("child", spec.id)
+    if args.wait:
+        await ctx.wait_for(lambda: running(ctx, spec.id), args.timeout, f"child {spec.id} running")
+    # The view may not hold the new spec yet; etcd just answered with it.
+    stored = ctx.view.spec(spec.id)
+    return await found(ctx, spec.id, stored.kv if stored is not None else existing)
+
+
+async def start_children(ctx: Context, args: StartChildrenArgs) -> BatchStored:
+    """Store many child specs at once (a specs file): all are validated before any
+    is written, then created a transaction of ``etcd.txn_ops`` at a time. A spec
+    already stored unchanged is fine; one stored differently is a conflict, named
+    in the reply, and the others are still stored."""
+    specs: dict[str, bytes] = {}
+    for index, item in enumerate(args.specs):
+        try:
+            if not isinstance(item, dict):
+                raise InvalidSpec("spec", "must be an object")
+            spec = parse_child(item)
+        except InvalidSpec as exc:
+            raise InvalidSpec(f"specs[{index}].{exc.field}", exc.problem) from None
+        if spec.id in specs:
+            raise InvalidSpec(f"specs[{index}].id", f"{spec.id!r} appears twice")
+        specs[spec.id] = encode(spec)
+    ids = list(specs)
+    conflicts: list[str] = []
+    for start in range(0, len(ids), ctx.etcd.txn_ops):
+        batch = ids[start : start + ctx.etcd.txn_ops]
+        now = await ctx.etcd.create_many([(ctx.keys.child(i), specs[i]) for i in batch])
+        conflicts += [i for i in batch if now[ctx.keys.child(i)].value != specs[i]]
+    if args.wait:
+        waiting = [i for i in ids if i not in set(conflicts)]
+        await ctx.wait_for(
+            lambda: all(running(ctx, i) for i in waiting),
+            args.timeout,
+            f"{len(waiting)} children running",
+        )
+    return BatchStored(stored=len(ids) - len(conflicts), conflicts=conflicts)
+
+
+def running(ctx: Context, instance: str) -> bool:
+    claim = ctx.view.claim(instance)
+    return claim is not None and claim.value.state == "running" and claim.value.pid is not None
+
+
+async def delete_child(ctx: Context, args: DeleteChildArgs) -> ChildDeleted:
+    """Remove a spec; its owner stops the child."""
+    timeout = check_timeout(args.timeout) if args.wait else None  # checked before acting
+    if not await ctx.etcd.delete(ctx.keys.child(args.id)):
+        raise NotFound("child", args.id)
+    if timeout is not None:
+        await ctx.wait_for(
+            lambda: ctx.view.claim(args.id) is None, timeout, f"child {args.id} stopped"
+        )
+    return ChildDeleted(id=args.id)
+
+
+async def find(ctx: Context, args: FindArgs) -> ChildFound:
+    """The master's row, plus every instance with its node, pid and role."""
+    stored = ctx.view.spec(args.id)
+    kv = stored.kv if stored is not None else None
+    if kv is None:
+        # Not in the view (written a moment ago, or not a valid spec): ask etcd
+        # before saying no.
+        kv = await ctx.etcd.get(ctx.keys.child(args.id))
+        if kv is None:
+            raise NotFound("child", args.id)
+    return await found(ctx, args.id, kv)
+
+
+async def found(ctx: Context, child_id: str, spec_kv: KV) -> ChildFound:
+    entry = ctx.listing.child(child_id, spec_kv)
+    rows = await ctx.listing.with_figures(entry.rows)
+    return ChildFound(
+        **msgspec.structs.asdict(rows[0]),
+        argv=entry.argv,
+        replicas=len(rows),
+        degraded=any(r.state == "degraded" for r in rows),
+        instances=rows,
+    )
+
+
+async def which_children(ctx: Context, args: WhichChildrenArgs) -> list[ChildRow] | Encoded:
+    """Every child instance (``local``: on this node, as its supervisor sees them)."""
+    node = ctx.node if args.local else args.node
+
+    async def rows() -> list[ChildRow]:
+        rows = await ctx.listing.everything()
+        if args.local:
+            # This node's own view of its children is fresher than what it published.
+            children = ctx.supervisor.children
+            rows = [
+                _local(row, child, ctx.node)
+                if (child := children.get(row.instance)) is not None
+                else row
+                for row in rows
+            ]
+        if node is not None:
+            rows = [r for r in rows if r.node == node]
+        if args.group is not None:
+            rows = [r for r in rows if r.group == args.group]
+        return await ctx.listing.with_figures(rows)
+
+    if args.local:
+        return await rows()  # the supervisor's state is not in the view's version
+    return await ctx.listing.reply(("which_children", node, args.group), rows)
+
+
+def _local(row: ChildRow, child: Child, node: str) -> ChildRow:
+    fresh = {k: v for k, v in child.info().items() if k in _ROW_FIELDS}
+    return msgspec.structs.replace(row, **fresh, node=node)

@@ -1,0 +1,105 @@
+"""The op table: each op's name, the struct its arguments decode into, and its
+handler (``handler(context, args)``). Like circus's ``circus/commands/``, one
+module per family of ops; this one only binds them to a daemon's ``Context`` for
+the control server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..protocol import (
+    Args,
+    CreateGroupArgs,
+    DeleteChildArgs,
+    DeleteGroupArgs,
+    DrainArgs,
+    FindArgs,
+    InstanceArgs,
+    LogsArgs,
+    NodeArgs,
+    ResetGroupArgs,
+    SignalChildArgs,
+    StartChildArgs,
+    StartChildrenArgs,
+    WatchArgs,
+    WhichChildrenArgs,
+    decode_args,
+)
+from . import children, groups, local, nodes, streams
+
+if TYPE_CHECKING:
+    from .context import Context
+
+A = TypeVar("A", bound=Args)
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+StreamHandler = Callable[[dict[str, Any]], AsyncGenerator[Any, None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Op(Generic[A]):
+    """An op answered with one result."""
+
+    args: type[A]
+    run: Callable[[Context, A], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOp(Generic[A]):
+    """An op answered with events until the client goes away."""
+
+    args: type[A]
+    run: Callable[[Context, A], AsyncGenerator[Any, None]]
+
+
+OPS: dict[str, Op[Any]] = {
+    "ping": Op(Args, nodes.ping),
+    "status": Op(Args, nodes.status),
+    "start_child": Op(StartChildArgs, children.start_child),
+    "start_children": Op(StartChildrenArgs, children.start_children),
+    "delete_child": Op(DeleteChildArgs, children.delete_child),
+    "find": Op(FindArgs, children.find),
+    "which_children": Op(WhichChildrenArgs, children.which_children),
+    "nodes": Op(Args, nodes.nodes),
+    "create_group": Op(CreateGroupArgs, groups.create_group),
+    "groups": Op(Args, groups.groups),
+    "delete_group": Op(DeleteGroupArgs, groups.delete_group),
+    "reset_group": Op(ResetGroupArgs, groups.reset_group),
+    "terminate_child": Op(InstanceArgs, local.terminate_child),
+    "restart_child": Op(InstanceArgs, local.restart_child),
+    "signal_child": Op(SignalChildArgs, local.signal_child),
+    "logs": Op(LogsArgs, streams.logs),
+    "drain": Op(DrainArgs, nodes.drain),
+    "undrain": Op(NodeArgs, nodes.undrain),
+    "forget_node": Op(NodeArgs, nodes.forget_node),
+}
+STREAMS: dict[str, StreamOp[Any]] = {
+    "logs_follow": StreamOp(LogsArgs, streams.logs_follow),
+    "watch": StreamOp(WatchArgs, streams.watch),
+}
+
+
+def handlers(ctx: Context) -> dict[str, Handler]:
+    """Every op bound to ``ctx``: ``handler(args)`` decodes ``args`` (InvalidSpec
+    naming the bad one) and runs the op."""
+    return {name: _bind(op, ctx) for name, op in OPS.items()}
+
+
+def stream_handlers(ctx: Context) -> dict[str, StreamHandler]:
+    """Every streaming op bound to ``ctx`` (arguments decoded when it is called)."""
+    return {name: _bind_stream(op, ctx) for name, op in STREAMS.items()}
+
+
+def _bind(op: Op[A], ctx: Context) -> Handler:
+    async def handle(args: dict[str, Any]) -> Any:
+        return await op.run(ctx, decode_args(op.args, args))
+
+    return handle
+
+
+def _bind_stream(op: StreamOp[A], ctx: Context) -> StreamHandler:
+    def handle(args: dict[str, Any]) -> AsyncGenerator[Any, None]:
+        return op.run(ctx, decode_args(op.args, args))
+
+    return handle
