@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 import msgspec
 
 from .errors import InvalidSpec
-from .spec import NAME_PATTERN
+from .validation import NAME_PATTERN, NAME_RULE, describe
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Mapping
@@ -102,15 +102,15 @@ def error(request_id: Any, code: str, message: str) -> bytes:
 #
 # One struct per op: ``args`` decode into it (``decode_args``). A field's
 # ``description`` is the message a client gets when that field is wrong; without one,
-# msgspec's own (``Expected `bool`, got `str```). Unknown arguments are ignored, so
-# that a newer ringctl can talk to an older daemon.
+# msgspec's, in an operator's words (``validation.describe``: "must be true or false,
+# not a string"). Unknown arguments are ignored, so that a newer ringctl can talk
+# to an older daemon.
 
-NAME_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ -"
 TIMEOUT_RULE = "must be a number of seconds in (0, 3600]"
 MAX_TIMEOUT = 3600.0
 MAX_LOG_LINES = 100_000
 
-Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN, description=NAME_RULE)]
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN, description=f"must be {NAME_RULE}")]
 # A child instance: ``id`` (the master) or ``id/<n>`` (its n-th replica).
 Instance = Annotated[
     str,
@@ -234,19 +234,9 @@ def decode_args(kind: type[A], args: Mapping[str, Any]) -> A:
     try:
         return msgspec.convert(args, kind)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        problem, at, path = message.rpartition(" - at `$.")
-        if at:
-            field = path.rstrip("`")
-        elif message.startswith(_MISSING):  # "Object missing required field `id`"
-            field = message.removeprefix(_MISSING).strip("`")
-        else:
-            field = "args"
+        field, problem = describe(exc)
         top = field.split(".")[0].split("[")[0]
-        raise InvalidSpec(field, _rules(kind).get(top) or problem) from None
-
-
-_MISSING = "Object missing required field "
+        raise InvalidSpec(field or "args", _rules(kind).get(top) or problem) from None
 
 
 @functools.cache
