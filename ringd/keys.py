@@ -1,4 +1,4 @@
-"""The etcd key layout (see DESIGN.md, "etcd keys"). All keys share one prefix."""
+"""The etcd key layout (docs/design.md, "etcd keys"). All keys share one prefix."""
 
 from __future__ import annotations
 

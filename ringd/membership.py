@@ -27,7 +27,7 @@ from . import __version__, metrics, records
 from .errors import EtcdUnavailable
 from .guard import kill_instance
 from .outage import OutageLog
-from .procfs import start_ticks, start_time
+from .procfs import pid_namespace, start_ticks, start_time
 from .records import Alive, InvalidRecord, NodeStatus, Status, encode, rfc3339
 
 if TYPE_CHECKING:
@@ -67,17 +67,6 @@ def _read(kv: KV | None, sub: str, node: str) -> Alive | Status | None:
         logger.warning("ignoring corrupt value at %s: %s", kv.key, exc)
         return None
     return value
-
-
-def pid_namespace() -> str:
-    """Where a pid names one process: this boot of this kernel, this PID namespace.
-    Hostnames repeat (cloned machines, containers), so they cannot say it."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return ""  # unknown: never taken for the same place
 
 
 def is_dead_predecessor(alive: Alive) -> bool:

@@ -4,7 +4,7 @@ The ring for a child is built over the nodes it may run on: online, not
 draining, whose labels include the child's affinity (``on``), and, for a
 restricted group, that declare the group. ``replicas: n`` places n instances on
 the ring's first n distinct nodes; the first is the master. Every daemon computes
-this from the same etcd view, so all agree (DESIGN invariant 5).
+this from the same etcd view, so all agree (docs/design.md, "Invariants").
 """
 
 from __future__ import annotations

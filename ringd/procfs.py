@@ -233,3 +233,14 @@ def environ_scan(needle: bytes, among: Iterable[int] | None = None) -> Iterator[
         raw = environ(pid)
         if raw is not None and needle in raw:
             yield pid, raw
+
+
+def pid_namespace() -> str:
+    """Where a pid names one process: this boot of this kernel, this PID namespace.
+    Hostnames repeat (cloned machines, containers), so they cannot say it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""  # unknown: never taken for the same place
