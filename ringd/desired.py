@@ -132,12 +132,14 @@ class DesiredState:
 
 @dataclass(slots=True)
 class Plan:
-    """One pass on one node: what to stop (``restarts``: its spec changed or is gone;
+    """One pass on one node: what to stop (``restarts``: its spec is gone or blocked;
+    ``updates``: its spec changed, restarted one instance at a time, see ``rollout``;
     ``moves``: it belongs on another node now) and what to claim and start."""
 
     restarts: list[str] = field(default_factory=list)
     moves: list[str] = field(default_factory=list)
     starts: list[Instance] = field(default_factory=list)
+    updates: list[str] = field(default_factory=list)  # its spec changed: a rolling restart
 
 
 def plan(
@@ -154,7 +156,7 @@ def plan(
     for key, spec in running.items():
         instance = desired.get(key)
         if instance is not None and instance.spec != spec:
-            out.restarts.append(key)  # its spec changed: restart it here
+            out.updates.append(key)  # its spec changed: restart it here, in turn
         elif instance is None:
             # Still a valid, runnable spec: ownership moved (paced); else it is gone.
             current = specs.get(spec.id)
@@ -208,3 +210,49 @@ def retries_due(groups: Mapping[str, GroupRecord], now: float) -> tuple[list[str
         else:
             next_due = min(next_due, at)
     return due, next_due
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What is known of one placed instance, from its claim (or, on its own node,
+    from its supervisor): which spec it runs, and whether it is up and ready."""
+
+    digest: str
+    running: bool
+    ready: bool
+    halted: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """Where moving a child's instances to its current spec stands.
+
+    ``state``: "done" (every instance runs the spec), "in progress", or "halted"
+    (an instance of the current spec failed before it was ready: ``reason``).
+    ``next``: the one replica that may be restarted onto the spec now, if any.
+    """
+
+    state: str
+    reason: str = ""
+    next: int | None = None
+    outdated: tuple[int, ...] = ()
+
+
+def rollout(digest: str, instances: Mapping[int, Running | None]) -> Rollout:
+    """One instance at a time, lowest replica first: an outdated instance is
+    restarted only while every other placed instance runs and is ready, so that at
+    most one is down for the update. ``instances``: replica -> its state (None: not
+    running anywhere). A child with one instance is simply restarted."""
+    outdated = tuple(sorted(r for r, i in instances.items() if i and i.digest != digest))
+    if not outdated:
+        return Rollout("done")
+    halted = next(
+        (i.halted for i in instances.values() if i and i.digest == digest and i.halted), ""
+    )
+    if halted:
+        return Rollout("halted", halted, None, outdated)
+    first = outdated[0]
+    others_ready = all(
+        i is not None and i.running and i.ready for r, i in instances.items() if r != first
+    )
+    return Rollout("in progress", "", first if others_ready else None, outdated)

@@ -22,9 +22,11 @@ import msgspec
 import trio
 
 from . import desired
-from .desired import DesiredState, Inputs, MovePacer
+from .desired import DesiredState, Inputs, MovePacer, Rollout, Running
 from .errors import EtcdUnavailable
+from .placement import split_key
 from .records import Claim, encode
+from .spec import spec_digest
 from .supervisor import Child, ChildChanged, State, SupervisorEvent
 
 if TYPE_CHECKING:
@@ -279,11 +281,15 @@ class Reconciler:
         granted, again = self.pacer.take(len(todo.moves))
         self._next_retry = min(self._next_retry, self.clock() + again)
         self.moves_pending = len(todo.moves) - granted
-        if todo.restarts or granted:
+        updates = [key for key in todo.updates if self._may_update(children[key])]
+        if todo.restarts or granted or updates:
             async with trio.open_nursery() as nursery:
                 for key in todo.restarts:
                     child = children[key]
                     nursery.start_soon(self._stop_and_release, child, child.spec.id in specs)
+                for key in updates:
+                    logger.info("child %s: restarting onto its new spec", key)
+                    nursery.start_soon(self._stop_and_release, children[key], True)
                 for key in todo.moves[:granted]:
                     nursery.start_soon(self._stop_and_release, children[key], True)
 
@@ -301,8 +307,14 @@ class Reconciler:
             if not self.membership.may_run() or self.membership.lease_id != lease:
                 continue
             group = groups[spec.group].spec if spec.group else None
+            stored = self.view.spec(spec.id)
             self.supervisor.start(
-                spec, key=instance.key, fence=claim.create_revision, group=group, env=env
+                spec,
+                key=instance.key,
+                fence=claim.create_revision,
+                group=group,
+                env=env,
+                revision=stored.kv.mod_revision if stored else None,
             )
 
         # Claims of ours that nothing here runs any more (e.g. left by a failed stop):
@@ -311,6 +323,39 @@ class Reconciler:
             for child_id, claim in self.view.by_kind("claims").items():
                 if claim.lease == lease and child_id not in self.supervisor.children:
                     await self.etcd.delete_if(claim.key, create_revision=claim.create_revision)
+
+    def rollout(self, child_id: str) -> Rollout | None:
+        """Where the child's move to its current spec stands (None: not placed)."""
+        placed = self.place().get(child_id)
+        stored = self.view.spec(child_id)
+        if not placed or stored is None:
+            return None
+        instances: dict[int, Running | None] = {}
+        for instance in placed:
+            local = self.supervisor.children.get(instance.key)
+            if local is not None:  # fresher than its claim
+                instances[instance.replica] = Running(
+                    local.digest, local.state == State.RUNNING, local.ready, local.halted
+                )
+                continue
+            claim = self.view.claim(instance.key)
+            instances[instance.replica] = (
+                None
+                if claim is None
+                else Running(
+                    claim.value.digest,
+                    claim.value.state == State.RUNNING,
+                    claim.value.ready,
+                    claim.value.halted,
+                )
+            )
+        return desired.rollout(spec_digest(stored.value), instances)
+
+    def _may_update(self, child: Child) -> bool:
+        """A rolling restart: this instance's turn has come (see ``desired.rollout``)."""
+        state = self.rollout(child.spec.id)
+        _, replica = split_key(child.key)
+        return state is not None and state.next == replica
 
     async def _publish_group_failures(self) -> None:
         """Step 3 of escalation: mark the group failed in etcd, so every node stops it."""

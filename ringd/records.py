@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 NodeStatus = Literal["online", "offline"]
+Health = Literal["", "starting", "healthy", "unhealthy"]  # "": no check
 
 
 class Alive(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +75,13 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     last_exit: str = ""
     fence: int | None = None
+    # Which spec it runs: the spec key's mod revision when it was started, and the
+    # spec's digest (equal digests, equal specs), so any daemon tells old from new.
+    revision: int | None = None
+    digest: str = ""
+    ready: bool = False  # ran ``min_ready`` seconds (and passed a first check)
+    health: Health = ""
+    halted: str = ""  # why it failed before it was ready: halts a rolling update
 
 
 # ``nodes/<n>/figures``, under the node's lease: instance -> [rss bytes, cpu %].

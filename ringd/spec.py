@@ -13,6 +13,7 @@ import signal
 from typing import Annotated, Any, Literal
 
 import msgspec
+import xxhash
 
 from .errors import InvalidSpec
 from .validation import LABEL_PATTERN, NAME_PATTERN, NAME_RULE, describe, problems
@@ -53,17 +54,38 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     on: dict[Label, Label] = msgspec.field(default_factory=dict)
     # State handed from the old owner to the next through $RINGD_HANDOFF_FILE.
     handoff: bool = False
+    # Rolling updates: a new instance counts as ready once it has run this long
+    # (and passed its first check, if it has one).
+    min_ready: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
+    # Health check: run in the child's environment and cwd; exit 0 is healthy.
+    check: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_ARGS)] | None = None
+    check_interval: Annotated[float, msgspec.Meta(ge=0.1, le=86_400)] = 10.0
+    check_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    # Consecutive failures before the instance is restarted.
+    check_failures: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+
+
+def spec_digest(spec: ChildSpec) -> str:
+    """What a running instance says it runs: equal digests, equal specs (so that an
+    instance on the previous spec is told from one on the new, on any node)."""
+    return f"{xxhash.xxh3_64_intdigest(encode(spec)):016x}"
+
+
+def _check_argv(name: str, argv: list[str]) -> None:
+    if not argv[0]:
+        raise InvalidSpec(f"{name}[0]", "must not be empty")
+    for i, arg in enumerate(argv):
+        if "\0" in arg:
+            raise InvalidSpec(f"{name}[{i}]", "must not contain NUL")
+    if sum(len(a) for a in argv) > MAX_ARG_BYTES:
+        raise InvalidSpec(name, f"longer than {MAX_ARG_BYTES} bytes")
 
 
 def _check(spec: ChildSpec) -> None:
     """The rules msgspec's declarative constraints cannot express."""
-    if not spec.argv[0]:
-        raise InvalidSpec("argv[0]", "must not be empty")
-    for i, arg in enumerate(spec.argv):
-        if "\0" in arg:
-            raise InvalidSpec(f"argv[{i}]", "must not contain NUL")
-    if sum(len(a) for a in spec.argv) > MAX_ARG_BYTES:
-        raise InvalidSpec("argv", f"longer than {MAX_ARG_BYTES} bytes")
+    _check_argv("argv", spec.argv)
+    if spec.check is not None:
+        _check_argv("check", spec.check)
     for key, value in spec.env.items():
         if not _ENV_NAME.match(key):
             raise InvalidSpec(f"env.{key}", "not a valid variable name")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import math
 import os
 import shutil
 import signal
@@ -35,11 +36,13 @@ from .childio import ChildIO
 from .guard import Guard, kill_instance
 from .intensity import Intensity
 from .logs import RotatingLog
-from .spec import ChildSpec, GroupSpec, signal_number
+from .spec import ChildSpec, GroupSpec, signal_number, spec_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    from .records import Health
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,14 @@ class Child:
     exited: trio.Event = field(default_factory=trio.Event)
     executable: str | None = None  # argv[0] resolved on the child's PATH
     popen: subprocess.Popen[bytes] | None = None
+    revision: int | None = None  # the spec key's mod revision it was started from
+    digest: str = ""  # spec_digest(spec)
+    ready: bool = False  # the current instance ran min_ready s (and passed a first check)
+    health: Health = ""  # "" without a check
+    halted: str = ""  # an instance of this spec failed before it was ready
+    check_failures: int = 0  # in a row
+    health_kill: str = ""  # why the current instance is being killed for its health
+    tending: trio.CancelScope | None = None  # the current instance's readiness and checks
 
     @property
     def id(self) -> str:
@@ -97,6 +108,11 @@ class Child:
             "reason": self.reason,
             "last_exit": self.last_exit,
             "fence": self.fence,
+            "revision": self.revision,
+            "digest": self.digest,
+            "ready": self.ready,
+            "health": self.health,
+            "halted": self.halted,
         }
 
 
@@ -153,6 +169,10 @@ def describe_exit(status: int) -> str:
     return f"exit status {status}"
 
 
+async def _kill_process_group(process: trio.Process) -> None:
+    kill_group(process.pid, signal.SIGKILL)
+
+
 def kill_group(pid: int, sig: int) -> None:
     """Signal a child's whole process group; a group that is gone is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -188,6 +208,8 @@ SupervisorEvent = ChildChanged | GroupFailed
 
 # The wait status of a child that could not be executed (a shell's "exit 127").
 _EXEC_FAILED = 127 << 8
+# The wait status a health check's kill counts as (exit 1: abnormal, so restarted).
+_HEALTH_FAILED = 1 << 8
 
 
 def _spawn_error(child: Child, exc: Exception) -> str:
@@ -294,6 +316,7 @@ class Supervisor:
         group: GroupSpec | None = None,
         key: str | None = None,
         env: dict[str, str] | None = None,
+        revision: int | None = None,
     ) -> Child:
         """Supervise ``spec`` here: spawn it now and restart it as its group says.
 
@@ -301,6 +324,7 @@ class Supervisor:
             group: the spec of ``spec.group`` (None for a child without a group).
             key: the instance key (default: the spec's id).
             env: more ``RINGD_*`` variables for this instance.
+            revision: the mod revision of the spec's key (published in the claim).
         """
         key = key or spec.id
         if key in self.children:
@@ -327,6 +351,7 @@ class Supervisor:
             mirror_prefix=f"{key}| " if self.mirror_output else None,
         )
         child = Child(spec=spec, key=key, fence=fence, group=local, log=log, extra_env=env or {})
+        child.revision, child.digest = revision, spec_digest(spec)
         local.members.append(child)
         self.children[key] = child
         self._launch(child)
@@ -513,6 +538,7 @@ class Supervisor:
                     child.popen = None
             child.reason = f"cannot start {child.spec.argv[0]!r}: {_spawn_error(child, exc)}"
             logger.error("child %s: %s", child.id, child.reason)
+            child.halted = child.halted or child.reason
             if restart_wanted(child.spec.restart, _EXEC_FAILED):
                 # A failed start is retried like a crash (supervisord's startretries):
                 # under the restart intensity and its backoff, escalating past it.
@@ -529,6 +555,9 @@ class Supervisor:
         child.pid = pid
         child.started_at = time.time()
         child.state = State.RUNNING
+        child.ready, child.check_failures, child.health_kill = False, 0, ""
+        child.health = "starting" if child.spec.check else ""
+        self._nursery.start_soon(self._tend, child, pid)
         self._report(ChildChanged(child.id))
         return True
 
@@ -541,13 +570,101 @@ class Supervisor:
         if child.popen is not None:
             child.popen.returncode = status  # reaped by us; keep Popen from reaping it
             child.popen = None
-        child.last_exit = describe_exit(status)
+        if child.tending is not None:
+            child.tending.cancel()
+            child.tending = None
+        child.last_exit = child.health_kill or describe_exit(status)
+        if child.health_kill:
+            status = _HEALTH_FAILED  # a failure, whatever the process made of the signal
+        child.health_kill = ""
         child.exited.set()
         if child.stopping:
             return
         logger.info("child %s (pid %d): %s", child.id, pid, child.last_exit)
+        if not child.ready and not child.halted:
+            child.halted = f"{child.last_exit} before it was ready"
         assert self._nursery is not None
         self._nursery.start_soon(self._handle_exit, child, status)
+
+    # -- readiness and health ---------------------------------------------------------
+
+    async def _tend(self, child: Child, pid: int) -> None:
+        """The current instance's readiness (``min_ready``, and a first passing check)
+        and its health checks, until it exits (``_exited`` cancels this)."""
+        spec = child.spec
+        with trio.CancelScope() as scope:
+            child.tending = scope
+            start = trio.current_time()
+            passed = spec.check is None
+            next_check = start + min(1.0, spec.check_interval) if spec.check else math.inf
+            while child.pid == pid:
+                now = trio.current_time()
+                if not child.ready and passed and now >= start + spec.min_ready:
+                    child.ready = True
+                    self._report(ChildChanged(child.id))
+                ready_at = start + spec.min_ready if passed and not child.ready else math.inf
+                if min(next_check, ready_at) == math.inf:
+                    return
+                await trio.sleep_until(min(next_check, ready_at))
+                if trio.current_time() >= next_check:
+                    healthy, said = await self._run_check(child)
+                    next_check = trio.current_time() + spec.check_interval
+                    passed = passed or healthy
+                    if not self._checked(child, pid, healthy, said):
+                        return
+
+    def _checked(self, child: Child, pid: int, healthy: bool, said: str) -> bool:
+        """Record one check's result; False once the instance is being restarted."""
+        child.check_failures = 0 if healthy else child.check_failures + 1
+        health: Health = "healthy" if healthy else "unhealthy"
+        if child.health != health:
+            child.health = health
+            self._report(ChildChanged(child.id))
+        if child.check_failures < child.spec.check_failures:
+            return True
+        # Restarted like a crash: counted by the restart intensity.
+        child.health_kill = f"health check failed: {said}"
+        logger.warning("child %s (pid %d): %s", child.id, pid, child.health_kill)
+        kill_group(pid, signal_number(child.spec.stop_signal))
+        assert self._nursery is not None
+        self._nursery.start_soon(self._kill_if_still, child, pid, child.spec.stop_timeout)
+        return False
+
+    async def _kill_if_still(self, child: Child, pid: int, after: float) -> None:
+        await trio.sleep(after)
+        if child.pid == pid:
+            kill_group(pid, signal.SIGKILL)
+
+    async def _run_check(self, child: Child) -> tuple[bool, str]:
+        """Run the child's check once: (healthy, its last line of output or why not)."""
+        spec = child.spec
+        assert spec.check is not None
+        done: list[subprocess.CompletedProcess[bytes]] = []
+        try:
+            with trio.move_on_after(spec.check_timeout):
+                done.append(
+                    await trio.run_process(
+                        spec.check,
+                        env=self._env(child),  # with the token: the guard kills it too
+                        cwd=spec.cwd,
+                        stdin=subprocess.DEVNULL,
+                        capture_stdout=True,
+                        capture_stderr=True,
+                        check=False,
+                        start_new_session=True,  # killed whole at the timeout
+                        deliver_cancel=_kill_process_group,
+                    )
+                )
+        except OSError as exc:
+            return False, f"cannot run {spec.check[0]!r}: {exc.strerror or exc}"
+        if not done:
+            return False, f"timed out after {spec.check_timeout:g} s"
+        result = done[0]
+        lines = (result.stdout + result.stderr).decode(errors="replace").strip().splitlines()
+        code = result.returncode
+        quiet = f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
+        said = lines[-1].strip()[:200] if lines else quiet
+        return result.returncode == 0, said
 
     async def _terminate_process(self, child: Child) -> None:
         """Stop the child's current instance, if any: stop signal, then SIGKILL."""

@@ -192,10 +192,15 @@ def test_on_node_keeps_the_start_order() -> None:
 # -- the plan of a pass --------------------------------------------------------------
 
 
-def test_plan_restarts_a_child_whose_spec_changed_or_is_gone() -> None:
+def test_plan_updates_a_child_whose_spec_changed_and_restarts_one_that_is_gone() -> None:
     old, new = child("a"), child("a", argv=["sleep", "99"])
     changed = plan({"a": Instance(new, 0, "n1")}, {"a": old}, {"a": new}, {}, never_held)
-    assert (changed.restarts, changed.moves, changed.starts) == (["a"], [], [])
+    assert (changed.updates, changed.restarts, changed.moves, changed.starts) == (
+        ["a"],
+        [],
+        [],
+        [],
+    )
 
     gone = plan({}, {"a": old}, {}, {}, never_held)
     assert (gone.restarts, gone.moves, gone.starts) == (["a"], [], [])
@@ -370,3 +375,36 @@ def test_incremental_placement_equals_placing_from_scratch(
         now = inputs(*sorted(names), groups=groups)
         incremental = dict(state.update(specs, {child_id}, now))
         assert incremental == DesiredState().update(specs, None, now)
+
+
+# -- rolling updates ----------------------------------------------------------------------
+
+
+def test_rollout_restarts_the_lowest_outdated_replica_only_while_the_others_are_ready() -> None:
+    from ringd.desired import Running, rollout
+
+    old, new = Running("v1", True, True), Running("v2", True, True)
+    assert rollout("v2", {0: old, 1: old, 2: old}).next == 0
+    assert rollout("v2", {0: new, 1: old, 2: old}).next == 1
+    # The replica just restarted is not ready yet: nobody else goes.
+    assert rollout("v2", {0: Running("v2", True, False), 1: old, 2: old}).next is None
+    # ... nor while it is down.
+    assert rollout("v2", {0: None, 1: old, 2: old}).next is None
+    assert rollout("v2", {0: new, 1: new, 2: new}) == rollout("v2", {0: new})
+    assert rollout("v2", {0: new, 1: new, 2: new}).state == "done"
+    # One instance: simply restarted (stopped, then started).
+    assert rollout("v2", {0: old}).next == 0
+    assert rollout("v2", {0: Running("v1", False, False)}).next == 0
+
+
+def test_a_rollout_halts_when_a_new_instance_fails_before_it_is_ready() -> None:
+    from ringd.desired import Running, rollout
+
+    old = Running("v2", True, True)
+    broken = Running("v3", False, False, halted="exit status 1 before it was ready")
+    halted = rollout("v3", {0: broken, 1: old, 2: old})
+    assert (halted.state, halted.next, halted.outdated) == ("halted", None, (1, 2))
+    assert halted.reason == "exit status 1 before it was ready"
+    # Back to v2: the broken instance is the outdated one, the others are ready.
+    resumed = rollout("v2", {0: broken, 1: old, 2: old})
+    assert (resumed.state, resumed.next) == ("in progress", 0)

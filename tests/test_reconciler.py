@@ -23,7 +23,7 @@ from ringd.memstore import MemoryEtcd
 from ringd.placement import Placer
 from ringd.reconciler import Reconciler
 from ringd.records import Alive, Claim, encode
-from ringd.spec import ChildSpec, GroupRecord, GroupSpec
+from ringd.spec import ChildSpec, GroupRecord, GroupSpec, spec_digest
 from ringd.supervisor import ChildChanged, GroupFailed, State, SupervisorEvent
 from ringd.view import ClusterView
 
@@ -79,10 +79,17 @@ class FakeChild:
     state: State = State.RUNNING
     pid: int | None = None
     restarts: int = 0
+    revision: int | None = None
+    ready: bool = True
+    halted: str = ""
 
     @property
     def id(self) -> str:
         return self.key
+
+    @property
+    def digest(self) -> str:
+        return spec_digest(self.spec)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -97,6 +104,10 @@ class FakeChild:
             "reason": "",
             "last_exit": "",
             "fence": self.fence,
+            "revision": self.revision,
+            "digest": self.digest,
+            "ready": self.ready,
+            "halted": self.halted,
         }
 
 
@@ -119,12 +130,13 @@ class FakeSupervisor:
         fence: int,
         group: GroupSpec | None,
         env: dict[str, str],
+        revision: int | None = None,
     ) -> FakeChild:
         assert key not in self.children, f"{key} started twice"
         kv = self.etcd.kvs.get(KEYS.claim(key))
         self.claim_at_start[key] = kv.create_revision if kv is not None else None
         self.calls.append(("start", key))
-        child = self.children[key] = FakeChild(spec, key, fence, group, env)
+        child = self.children[key] = FakeChild(spec, key, fence, group, env, revision=revision)
         return child
 
     async def stop(self, key: str) -> None:
@@ -564,7 +576,11 @@ async def test_a_child_change_is_published_in_its_claim(
             pid=4242,
             restarts=2,
             fence=revision,
+            revision=web.revision,
+            digest=spec_digest(web.spec),
+            ready=True,
         )
+        assert web.revision == n1.etcd.kvs[KEYS.child("web")].mod_revision, "its spec's"
 
         web.state = State.STOPPING  # about to go: not published
         n1.events.send_nowait(ChildChanged("web"))

@@ -490,3 +490,50 @@ async def test_restart_waiting_on_a_stop_does_not_bring_the_child_back(
     assert "slow" not in h.sup.children
     await trio.sleep(0.2)
     assert h.starts("slow") == 1, "not started again"
+
+
+# -- readiness and health checks ------------------------------------------------------
+
+
+async def test_a_failing_health_check_restarts_the_child_counted_by_intensity(
+    h: Harness,
+) -> None:
+    ok = h.tmp / "ok"
+    ok.touch()
+    check = ["sh", "-c", f"test -e {ok} && echo fine || {{ echo 'no ok file'; exit 1; }}"]
+    child = h.start(
+        "web", h.counter("web"), check=check, check_interval=0.2, check_failures=2, min_ready=0
+    )
+    assert child.health == "starting"
+    await until(lambda: child.health == "healthy", what="healthy")
+    assert child.ready
+    ok.unlink()
+    await until(lambda: child.health == "unhealthy", what="unhealthy")
+    assert child.restarts == 0, "one failure is not enough"
+    await until(lambda: child.restarts == 1 and h.starts("web") == 2, what="a restart")
+    assert child.last_exit == "health check failed: no ok file"
+    assert len(child.group.intensity) == 1, "counted like an exit"
+    # The new instance starts unchecked again; three more failures and the
+    # intensity (3 in 5 s) is exceeded.
+    await until(lambda: child.state == State.FAILED, timeout=15, what="failed past intensity")
+    assert "health check failed: no ok file" in child.reason
+
+
+async def test_ready_only_after_min_ready_and_a_first_passing_check(h: Harness) -> None:
+    gate = h.tmp / "gate"
+    check = ["sh", "-c", f"test -e {gate}"]
+    child = h.start("web", SLEEP, check=check, check_interval=0.1, min_ready=0.3)
+    await trio.sleep(0.5)  # past min_ready, but no check has passed
+    assert not child.ready and child.health == "unhealthy"
+    gate.touch()
+    await until(lambda: child.ready, what="ready")
+    assert child.health == "healthy"
+
+
+async def test_an_exit_before_ready_is_recorded_as_halting(h: Harness) -> None:
+    child = h.start("flaky", ["sh", "-c", "exit 3"], min_ready=5, restart="transient")
+    await until(lambda: child.halted, what="halted")
+    assert child.halted == "exit status 3 before it was ready"
+    steady = h.start("steady", SLEEP, min_ready=0.1)
+    await until(lambda: steady.ready, what="ready")
+    assert steady.halted == ""
