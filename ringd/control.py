@@ -36,6 +36,8 @@ async def read_lines(stream: trio.abc.ReceiveStream, max_line: int) -> AsyncGene
     buffer = bytearray()
     while True:
         newline = buffer.find(b"\n")
+        if newline > max_line:  # arrived whole, with its newline: too long all the same
+            raise ProtocolError(f"request longer than {max_line} bytes")
         if newline >= 0:
             line = bytes(buffer[:newline])
             del buffer[: newline + 1]

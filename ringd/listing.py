@@ -134,7 +134,11 @@ class Listing:
                 for replica, kv in enumerate(entry.claims)
             )
         ):
-            entry = self._entries[child_id] = self._build(child_id, spec_kv, placement)
+            entry = self._build(child_id, spec_kv, placement)
+            if self.view.live("children").get(child_id) is spec_kv:
+                # Only what the view holds: a spec newer than the view (just written)
+                # is "just created" only until the view has it.
+                self._entries[child_id] = entry
         return entry
 
     def _inputs(self) -> object:
