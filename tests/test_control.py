@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -19,7 +19,7 @@ from ringd.protocol import MAX_LINE, RemoteError
 from .helpers import exchange, wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Callable
     from pathlib import Path
 
     from .conftest import Cluster
@@ -249,3 +249,141 @@ async def test_a_stream_op_error_keeps_its_code(short_tmp: Path, nursery: trio.N
     reply = json.loads(await client.receive_some(4096))
     await client.aclose()
     assert reply["error"] == {"code": "not_found", "message": "no child named 'ghost'"}
+
+
+# -- one connection, in memory (trio.testing.memory_stream_pair) ----------------------
+
+
+async def _ping(args: dict) -> dict:
+    return {"pong": args.get("n")}
+
+
+async def _broken(args: dict) -> dict:
+    raise ValueError("a bug")
+
+
+def _server(**streams: Callable[[dict], AsyncGenerator[Any, None]]) -> ControlServer:
+    handlers = {"ping": _ping, "broken": _broken}
+    return ControlServer("/nonexistent/never-bound.sock", handlers, streams, max_line=256)
+
+
+async def _converse(server: ControlServer, payload: bytes) -> list[dict]:
+    """Send ``payload`` on one connection, half-close, and read every reply."""
+    client, served = trio.testing.memory_stream_pair()
+    replies = b""
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle, served)
+            await client.send_all(payload)
+            await client.send_eof()
+            while chunk := await client.receive_some(65536):
+                replies += chunk
+    return [json.loads(line) for line in replies.splitlines()]
+
+
+async def test_requests_on_one_connection_are_answered_in_order() -> None:
+    replies = await _converse(
+        _server(),
+        b'{"id": 1, "op": "ping", "args": {"n": 1}}\n'
+        b"\n"  # a blank line is skipped, not answered
+        b'{"id": "two", "op": "ping"}\n'
+        b'{"id": [3], "op": "broken"}\n'
+        b'{"id": 4, "op": "ping", "args": {"n": "\xc3\xa9"}}\n'
+        b'{"id": 5, "op": "ping"',  # half a line, then end of input: dropped
+    )
+    assert replies == [
+        {"id": 1, "ok": True, "result": {"pong": 1}},
+        {"id": "two", "ok": True, "result": {"pong": None}},
+        {
+            "id": [3],
+            "ok": False,
+            "error": {"code": "internal", "message": "internal error: ValueError('a bug')"},
+        },
+        {"id": 4, "ok": True, "result": {"pong": "é"}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"not json", "not JSON: "),
+        (b"\xff\xfe", "not JSON: "),
+        (b"[" * 200, "not JSON: "),
+        (b"[1, 2]", "a request must be a JSON object"),
+        (b'{"id": 1}', "'op' must be a string"),
+        (b'{"id": 1, "op": ["ping"]}', "'op' must be a string"),
+        (b'{"id": 1, "op": "ping", "args": []}', "'args' must be an object"),
+        (b'{"id": 1, "op": "launch_missiles"}', "unknown op 'launch_missiles'"),
+        # No reply could repeat this id (not valid Unicode): it once took the server down.
+        (b'{"id": "\\udcff", "op": "ping"}', "'id' must be valid Unicode text"),
+    ],
+)
+async def test_a_bad_request_is_answered_and_the_connection_goes_on(
+    line: bytes, message: str
+) -> None:
+    bad, good = await _converse(_server(), line + b'\n{"id": 2, "op": "ping"}\n')
+    assert bad["ok"] is False and bad["error"]["code"] == "protocol"
+    assert bad["error"]["message"].startswith(message), bad
+    assert good == {"id": 2, "ok": True, "result": {"pong": None}}
+
+
+async def test_a_too_long_line_is_answered_and_ends_the_connection() -> None:
+    replies = await _converse(_server(), b"x" * 300 + b'\n{"id": 2, "op": "ping"}\n')
+    assert replies == [
+        {"id": None, "ok": False, "error": {"code": "protocol", "message": "request longer than 256 bytes"}}
+    ]  # fmt: skip
+
+
+async def test_a_stream_op_sends_its_events_then_ends_the_connection() -> None:
+    async def count(args: dict) -> AsyncGenerator[int, None]:
+        for i in range(args["n"]):
+            yield i
+
+    replies = await _converse(
+        _server(count=count),
+        b'{"id": 7, "op": "count", "args": {"n": 3}}\n{"id": 8, "op": "ping"}\n',
+    )
+    # What the client sends after a stream request is not answered.
+    assert replies == [{"id": 7, "ok": True, "event": i} for i in range(3)]
+
+
+async def test_a_stream_op_ends_when_its_client_hangs_up() -> None:
+    """Noticed at the next event sent: an in-memory stream cannot tell a hang-up
+    from a half-close (on a Unix socket, POLLHUP can: see the test above)."""
+    tick = trio.Event()
+    closed = trio.Event()
+
+    async def ticks(args: dict) -> AsyncGenerator[str, None]:
+        nonlocal tick
+        try:
+            while True:
+                await tick.wait()
+                tick = trio.Event()
+                yield "tick"
+        finally:
+            closed.set()
+
+    client, served = trio.testing.memory_stream_pair()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_server(ticks=ticks).handle, served)
+            await client.send_all(b'{"id": 1, "op": "ticks"}\n')
+            tick.set()
+            assert json.loads(await client.receive_some(4096))["event"] == "tick"
+            await client.aclose()  # hang up
+            await trio.testing.wait_all_tasks_blocked()
+            assert not closed.is_set()
+            tick.set()  # the next event finds nobody: the op is closed, the handler returns
+        assert closed.is_set()
+
+
+async def test_a_connection_past_the_limit_is_told_busy() -> None:
+    server = ControlServer("/nonexistent/never-bound.sock", {"ping": _ping}, max_connections=1)
+    first, first_served = trio.testing.memory_stream_pair()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle, first_served)
+            await trio.testing.wait_all_tasks_blocked()  # holds the only slot
+            (reply,) = await _converse(server, b'{"id": 1, "op": "ping"}\n')
+            assert reply["error"] == {"code": "busy", "message": "too many connections"}
+            await first.aclose()

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .conftest import Cluster
 
 OPS = [
-    "ping", "status", "start_child", "delete_child", "find", "which_children", "nodes",
+    "ping", "status", "start_child", "start_children", "delete_child", "find", "which_children", "nodes",
     "create_group", "groups", "delete_group", "reset_group", "terminate_child",
     "restart_child", "signal_child", "logs", "drain", "undrain", "forget_node",
 ]  # fmt: skip
@@ -65,6 +65,7 @@ args = st.fixed_dictionaries(
         "name": names,
         "node": names,
         "spec": st.one_of(spec_like, values),
+        "specs": st.one_of(st.lists(st.one_of(spec_like, values), max_size=3), values),
         "signal": st.one_of(st.sampled_from(["HUP", "0", "KILL", "SIGNOPE"]), values),
         "lines": values,
         "wait": st.booleans(),
@@ -93,12 +94,24 @@ def is_safe(line: bytes) -> bool:
     if not line.strip():
         return False
     try:
-        request = json.loads(line)
-        spec = request["args"]["spec"]
-        parse_child(spec)
-    except (ValueError, KeyError, TypeError, InvalidSpec):
+        args = json.loads(line)["args"]
+    except (ValueError, KeyError, TypeError):
         return True
-    return spec["argv"][0] in SAFE_ARGV0
+    if not isinstance(args, dict):
+        return True
+    specs = args.get("specs")
+    return all(
+        _starts_nothing_unsafe(spec)
+        for spec in [args.get("spec"), *(specs if isinstance(specs, list) else [])]
+    )
+
+
+def _starts_nothing_unsafe(spec: object) -> bool:
+    try:
+        child = parse_child(spec)  # type: ignore[arg-type]
+    except (ValueError, TypeError, InvalidSpec):
+        return True
+    return child.argv[0] in SAFE_ARGV0
 
 
 def run_fuzz(cluster: Cluster, examples: int) -> None:
