@@ -314,7 +314,13 @@ class ChildRow(msgspec.Struct, frozen=True):
     fence: int | None  # the claim's create revision
     rss: int | None = None  # bytes
     cpu: float | None = None  # percent of one core
-    last_exit: str | msgspec.UnsetType = msgspec.UNSET  # which_children --local only
+    # which_children --local only: the supervisor's own (see ``LocalChild``)
+    last_exit: str | msgspec.UnsetType = msgspec.UNSET
+    revision: int | msgspec.UnsetType | None = msgspec.UNSET
+    digest: str | msgspec.UnsetType = msgspec.UNSET
+    ready: bool | msgspec.UnsetType = msgspec.UNSET
+    health: str | msgspec.UnsetType = msgspec.UNSET
+    halted: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class ChildFound(ChildRow, frozen=True, kw_only=True):
@@ -352,6 +358,11 @@ class LocalChild(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     last_exit: str
     fence: int
+    revision: int | None = None  # the spec key's revision it was started from
+    digest: str = ""  # the spec's digest (equal digests, equal specs)
+    ready: bool = False  # ran min_ready seconds (and passed a first check)
+    health: str = ""  # "", starting, healthy, unhealthy
+    halted: str = ""  # why it failed before it was ready (halts a rolling update)
     node: str
     signal: int | msgspec.UnsetType = msgspec.UNSET  # signal_child only
 

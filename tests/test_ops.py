@@ -78,6 +78,12 @@ class FakeChild:
             "reason": "",
             "last_exit": self.last_exit,
             "fence": 7,
+            "revision": 3,
+            "digest": "d1",
+            "ready": True,
+            "health": "healthy",
+            "halted": "",
+            "future": "a field this daemon's replies do not know yet",
         }
 
 
@@ -467,7 +473,7 @@ async def test_which_children_filters_and_local_rows_come_from_the_supervisor(op
     assert await ids(node="nowhere") == []
     (local,) = await ops.call("which_children", local=True)
     assert (local.id, local.pid, local.state, local.last_exit) == ("a", 555, "backoff", "exit 0")
-    assert local.node == NODE
+    assert (local.node, local.ready, local.health) == (NODE, True, "healthy")
     encoded = await ops.call("which_children", node=NODE)  # encoded once for every reader
     assert isinstance(encoded, Encoded)
     (row,) = msgspec.json.decode(encoded.json)
@@ -554,6 +560,9 @@ async def test_local_ops_act_on_a_child_here(ops: Ops) -> None:
     ops.supervisor.children["here"] = FakeChild("here")
     row = await ops.call("terminate_child", id="here")
     assert (row.id, row.state, row.node, row.last_exit) == ("here", "stopped", NODE, "exit 0")
+    assert (row.revision, row.digest, row.ready, row.health) == (3, "d1", True, "healthy")
+    wire = msgspec.json.decode(msgspec.json.encode(row))
+    assert list(wire)[-2:] == ["halted", "node"] and "signal" not in wire
     await ops.call("restart_child", id="here")
     result = await ops.call("signal_child", id="here", signal="USR1")
     assert result.signal == 10
