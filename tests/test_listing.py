@@ -12,9 +12,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import etcd3
+import msgspec
 import pytest
 
-from ringd.protocol import Encoded, RemoteError, dumps, ok
+from ringd.protocol import ChildRow, Encoded, RemoteError, dump_result, dumps, ok
 from ringd.spec import GroupRecord, encode, parse_group
 
 from .helpers import wait_until
@@ -23,11 +24,24 @@ if TYPE_CHECKING:
     from .conftest import Cluster
 
 
+ROW = ChildRow(
+    id="c1", instance="c1", replica=0, role="master", group=None, restart="permanent",
+    owner="n1", node="n1", pid=12, state="running", restarts=0, started=1.5,
+    reason="ünïcode \n", fence=3, rss=None, cpu=0.5,
+)  # fmt: skip
+
+
 @pytest.mark.parametrize("request_id", [1, None, "é/x", [1, {"a": "b"}]])
-def test_an_encoded_result_is_sent_as_the_same_bytes(request_id: Any) -> None:
-    result = [{"id": "c1", "pid": 12, "reason": "ünïcode \n", "cpu": 0.5, "rss": None}]
-    assert ok(request_id, Encoded(dumps(result))) == ok(request_id, result)
-    assert json.loads(ok(request_id, Encoded(dumps(result))))["result"] == result
+@pytest.mark.parametrize(
+    "result",
+    [[{"id": "c1", "pid": 12, "reason": "ünïcode \n", "cpu": 0.5, "rss": None}], [ROW, ROW]],
+)
+def test_an_encoded_result_is_sent_as_the_same_bytes(request_id: Any, result: Any) -> None:
+    assert ok(request_id, Encoded(dump_result(result))) == ok(request_id, result)
+    reply = json.loads(ok(request_id, Encoded(dump_result(result))))
+    assert reply["id"] == request_id
+    assert reply["result"] == msgspec.to_builtins(result)
+    assert "last_exit" not in reply["result"][0]  # an UNSET field is left out
 
 
 def sleeper(cluster: Cluster, child_id: str, **fields: object) -> dict[str, object]:
