@@ -69,7 +69,8 @@ async def start_children(ctx: Context, args: StartChildrenArgs) -> BatchStored:
         now = await ctx.etcd.create_many([(ctx.keys.child(i), specs[i]) for i in batch])
         conflicts += [i for i in batch if now[ctx.keys.child(i)].value != specs[i]]
     if args.wait:
-        waiting = [i for i in ids if i not in set(conflicts)]
+        conflicting = set(conflicts)
+        waiting = [i for i in ids if i not in conflicting]
         await ctx.wait_for(
             lambda: all(running(ctx, i) for i in waiting),
             args.timeout,
