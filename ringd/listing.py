@@ -103,7 +103,7 @@ class Listing:
             if self._all is not None and self._all[0] == version:
                 return self._all[1]  # built while we waited
             # Every key, valid spec or not: an invalid one is listed as such.
-            children = sorted(self.view.live("children").items())
+            children = sorted(self.view.stored_specs().items())
             rows: list[ChildRow] = []
             placed = self.reconciler.place()
             for i, (child_id, kv) in enumerate(children):
@@ -118,7 +118,7 @@ class Listing:
             return rows
 
     def _prune(self) -> None:
-        for gone in self._entries.keys() - self.view.live("children").keys():
+        for gone in self._entries.keys() - self.view.stored_specs().keys():
             del self._entries[gone]
 
     def _entry(self, child_id: str, spec_kv: KV, placed: Mapping[str, list[Instance]]) -> Entry:
@@ -135,7 +135,7 @@ class Listing:
             )
         ):
             entry = self._build(child_id, spec_kv, placement)
-            if self.view.live("children").get(child_id) is spec_kv:
+            if self.view.stored_specs().get(child_id) is spec_kv:
                 # Only what the view holds: a spec newer than the view (just written)
                 # is "just created" only until the view has it.
                 self._entries[child_id] = entry

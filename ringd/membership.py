@@ -12,13 +12,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 import trio
@@ -44,17 +43,6 @@ logger = logging.getLogger(__name__)
 
 def now_rfc3339() -> str:
     return rfc3339()
-
-
-def decode(kv: KV | None) -> dict[str, Any]:
-    """Legacy: a JSON object stored in etcd, or {} (for the parts not yet on records)."""
-    if kv is None:
-        return {}
-    try:
-        value = json.loads(kv.value)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _read(kv: KV | None, sub: str, node: str) -> Alive | Status | None:
@@ -347,7 +335,7 @@ class Membership:
 
     async def track_offline(self) -> None:
         """Mark offline (once, by transaction) every online node whose alive key is gone."""
-        alive = self.view.live("nodes", "alive")  # the key, valid or not, keeps it online
+        alive = self.view.in_ring()  # the key, valid or not, keeps it online
         for node, row in self.view.statuses().items():
             if node == self.node or node in alive or row.value.status != "online":
                 continue

@@ -104,17 +104,17 @@ class Reconciler:
     def nodes(self) -> dict[str, NodeInfo]:
         """The nodes children may be placed on: online and not draining."""
         alive = {name: stored.value for name, stored in self.view.alive_nodes().items()}
-        return desired.eligible_nodes(alive, self.view.live("nodes", "drain").keys())
+        return desired.eligible_nodes(alive, self.view.draining())
 
     def groups(self) -> dict[str, Stored[GroupRecord]]:
         return self.view.groups()
 
     def inputs(self) -> Inputs:
-        drains = self.view.live("nodes", "drain").keys()
+        drains = self.view.draining()
         return Inputs(
             nodes=self.nodes(),
             groups={name: stored.value for name, stored in self.groups().items()},
-            draining=frozenset(n for n in self.view.live("nodes", "alive") if n in drains),
+            draining=frozenset(n for n in self.view.in_ring() if n in drains),
         )
 
     def _sync_specs(self) -> None:
@@ -320,7 +320,7 @@ class Reconciler:
         # Claims of ours that nothing here runs any more (e.g. left by a failed stop):
         # on the periodic pass only, as this reads every claim.
         if full:
-            for child_id, claim in self.view.by_kind("claims").items():
+            for child_id, claim in self.view.claim_kvs().items():
                 if claim.lease == lease and child_id not in self.supervisor.children:
                     await self.etcd.delete_if(claim.key, create_revision=claim.create_revision)
 

@@ -21,7 +21,7 @@ from .errors import EtcdUnavailable, WatchBroken
 from .outage import OutageLog
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator, KeysView, Mapping
 
     from .etcd import KV, Etcd, Event
     from .keys import Keys
@@ -155,6 +155,22 @@ class ClusterView:
 
     def drains(self) -> dict[str, Stored[Drain]]:
         return self.records("nodes", "drain")
+
+    def draining(self) -> KeysView[str]:
+        """The nodes drained: a drain key exists (whatever its value says)."""
+        return self._index.get(("nodes", "drain"), _EMPTY).keys()
+
+    def in_ring(self) -> KeysView[str]:
+        """The nodes whose alive key exists (whatever its value says)."""
+        return self._index.get(("nodes", "alive"), _EMPTY).keys()
+
+    def claim_kvs(self) -> dict[str, KV]:
+        """Every claim's key as stored (lease, fence), undecoded; a copy."""
+        return self.by_kind("claims")
+
+    def stored_specs(self) -> Mapping[str, KV]:
+        """Every child spec's key as stored, valid or not (read between awaits only)."""
+        return self.live("children")
 
     def figures(self, node: str) -> Stored[NodeFigures] | None:
         return self.record("nodes", node, "figures")

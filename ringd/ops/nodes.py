@@ -53,10 +53,10 @@ async def nodes(ctx: Context, args: Args) -> list[NodeRow]:
     """The node tracker: every node alive, with a status row, or draining."""
     alive = ctx.view.alive_nodes()
     statuses = ctx.view.statuses()
-    drains = ctx.view.drains()
+    drains = ctx.view.draining()  # as the reconciler sees it: the key exists
     children = Counter(stored.value.node for stored in ctx.view.claims().values())
     rows = []
-    for node in sorted(alive.keys() | statuses.keys() | drains.keys()):
+    for node in sorted(alive.keys() | statuses.keys() | drains):
         info = alive.get(node)
         row = statuses.get(node)
         rows.append(
