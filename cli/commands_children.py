@@ -36,6 +36,7 @@ from .format import (
     state_text,
     uptime,
     warn_line,
+    warning_line,
 )
 from .specs import parse_env, read_specs, shift_spec_index, spec_batches
 
@@ -216,6 +217,8 @@ def start_child(
     spec.update({key: value for key, value in options.items() if value is not None})
     allow_wait(client, wait, timeout)
     result = call(client, "start_child", spec=spec, wait=wait, timeout=timeout)
+    for warning in result.get("warnings", []):
+        warning_line(warning)
     emit(result, show_started)
 
 

@@ -104,12 +104,20 @@ def status(client: Client) -> None:
 @cli.command("drain")
 @click.argument("node", metavar="N", shell_complete=complete_node)
 @wait_options("its children have moved away", 60.0)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Drain it even if it is the last node children may run on (they stop).",
+)
 @json_option
 @pass_client
-def drain(client: Client, node: str, wait: bool, timeout: float) -> None:
-    """Take node N out of the ring while it stays online: its children move away."""
+def drain(client: Client, node: str, wait: bool, timeout: float, force: bool) -> None:
+    """Take node N out of the ring while it stays online: its children move away.
+
+    Refused for the last node in the ring that is not draining, unless --force.
+    """
     allow_wait(client, wait, timeout)
-    result = call(client, "drain", node=node, wait=wait, timeout=timeout)
+    result = call(client, "drain", node=node, wait=wait, timeout=timeout, force=force)
     emit(result, lambda row: show_draining(row, wait))
 
 

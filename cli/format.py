@@ -154,6 +154,13 @@ def error_line(line: str) -> None:
     err_console.print(line, highlight=False)
 
 
+def warning_line(message: str) -> None:
+    """``ringctl: warning: <message>`` in yellow on stderr (the command still succeeded)."""
+    err_console.print(
+        Text(f"ringctl: warning: {message}", style="yellow"), soft_wrap=True, highlight=False
+    )
+
+
 def fatal_line(message: str) -> None:
     """``ringctl: <message>`` in red on stderr, as written (not markup)."""
     err_console.print(Text(f"ringctl: {message}", style="red"), soft_wrap=True, highlight=False)

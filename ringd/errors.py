@@ -24,6 +24,20 @@ class InvalidSpec(RingdError):
         super().__init__(f"{field}: {problem}")
 
 
+class InvalidSpecs(InvalidSpec):
+    """Several specs or fields failed validation (a specs file): every one named,
+    one line each (``problems``); ``field`` and ``problem`` are the first's."""
+
+    def __init__(self, problems: list[str], what: str = "specs") -> None:
+        self.problems = problems
+        RingdError.__init__(
+            self,
+            f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in the {what}, "
+            "nothing changed:\n" + "\n".join(f"  {line}" for line in problems),
+        )
+        self.field, _, self.problem = problems[0].partition(": ")
+
+
 class ConfigError(RingdError):
     """The daemon configuration is unusable."""
 
@@ -102,6 +116,21 @@ class RestartIntensityExceeded(RingdError):
 
     def __init__(self, max_restarts: int, max_seconds: float) -> None:
         super().__init__(f"more than {max_restarts} restarts in {max_seconds:g} s")
+
+
+class CannotRun(RingdError):
+    """A ``--wait`` that ended early: the daemon already knows the child cannot run
+    (it failed, or no node may run it); the message says why, per child."""
+
+    code = "cannot_run"
+
+
+class RolloutHalted(RingdError):
+    """A ``--wait`` on an update that ended early: an instance of the new spec
+    failed before it was ready, so the rollout stopped (the message says which
+    child and why)."""
+
+    code = "halted"
 
 
 class TimedOut(RingdError):

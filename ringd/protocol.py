@@ -213,6 +213,47 @@ class DrainArgs(Args, frozen=True, kw_only=True):
     node: Name
     wait: bool = False
     timeout: WaitTimeout = 30.0
+    force: bool = False  # drain it even if it is the last node children may run on
+
+
+class UpdateChildArgs(Args, frozen=True, kw_only=True):
+    """``update_child``: the whole new spec of an existing child."""
+
+    spec: SpecObject
+    wait: bool = False  # until every instance runs it (or the rollout halts)
+    timeout: WaitTimeout = 120.0
+
+
+class UpdateGroupArgs(Args, frozen=True, kw_only=True):
+    spec: SpecObject
+
+
+# Specs in one apply request: all or nothing, so one request (MAX_LINE bounds it too).
+MAX_APPLY = 10_000
+SpecList = Annotated[
+    list[Any],
+    msgspec.Meta(max_length=MAX_APPLY, description=f"must be a list of at most {MAX_APPLY} specs"),
+]
+
+
+class ApplyArgs(Args, frozen=True, kw_only=True):
+    """``apply``: make the stored specs equal to these (a specs file's tables, in
+    file order: errors are named by their position)."""
+
+    children: SpecList = []
+    groups: SpecList = []
+    prune: bool = False  # also delete the specs not listed
+    dry_run: bool = False  # only say what would change
+    wait: bool = False  # until every created or updated child runs its spec
+    timeout: WaitTimeout = 120.0
+
+
+class ExportArgs(Args, frozen=True, kw_only=True):
+    ids: list[Name] = []  # children or groups; none: every one
+
+
+class RolloutArgs(Args, frozen=True, kw_only=True):
+    id: Name
 
 
 class WatchArgs(Args, frozen=True, kw_only=True):
@@ -314,12 +355,17 @@ class ChildRow(msgspec.Struct, frozen=True):
     fence: int | None  # the claim's create revision
     rss: int | None = None  # bytes
     cpu: float | None = None  # percent of one core
-    # which_children --local only: the supervisor's own (see ``LocalChild``)
-    last_exit: str | msgspec.UnsetType = msgspec.UNSET
+    # From the claim (absent without one): the spec key's revision the instance was
+    # started from, whether it is ready, and its health ("" without a check).
     revision: int | msgspec.UnsetType | None = msgspec.UNSET
-    digest: str | msgspec.UnsetType = msgspec.UNSET
     ready: bool | msgspec.UnsetType = msgspec.UNSET
     health: str | msgspec.UnsetType = msgspec.UNSET
+    # The child's move to its current spec: done, in progress or halted (absent
+    # when it is not placed); a halted one says why in ``reason`` too.
+    rollout: str | msgspec.UnsetType = msgspec.UNSET
+    # which_children --local only: the supervisor's own (see ``LocalChild``)
+    last_exit: str | msgspec.UnsetType = msgspec.UNSET
+    digest: str | msgspec.UnsetType = msgspec.UNSET
     halted: str | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -330,6 +376,7 @@ class ChildFound(ChildRow, frozen=True, kw_only=True):
     replicas: int
     degraded: bool
     instances: list[ChildRow]
+    warnings: list[str] = []  # start_child: what was accepted but looks like a mistake
 
 
 class BatchStored(msgspec.Struct, frozen=True, kw_only=True):
@@ -414,6 +461,74 @@ class GroupRow(msgspec.Struct, frozen=True, kw_only=True):
     failed_node: str | None
     since: float | None
     children: int
+
+
+class GroupUpdated(GroupRow, frozen=True, kw_only=True):
+    """``update_group``: the group as it is now; ``changed``: whether its spec was."""
+
+    changed: bool
+
+
+class ChildUpdated(msgspec.Struct, frozen=True, kw_only=True):
+    """``update_child``: whether the stored spec changed (an unchanged spec restarts
+    nothing), the digest its instances will say they run, and the rollout."""
+
+    id: str
+    changed: bool
+    digest: str
+    rollout: str  # done, in progress, halted, or "not placed"
+    reason: str = ""
+
+
+class PlanEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One spec of an ``apply``: what happens to it."""
+
+    kind: Literal["child", "group"]
+    id: str
+    action: Literal["create", "update", "delete", "unchanged"]
+
+
+class Applied(msgspec.Struct, frozen=True, kw_only=True):
+    """``apply``: the plan (groups, then children, in the file's order, then the
+    deletes), and whether it was carried out (``dry_run``: nothing changed)."""
+
+    dry_run: bool
+    plan: list[PlanEntry]
+    transactions: int = 0  # etcd transactions it took
+
+
+class Exported(msgspec.Struct, frozen=True, kw_only=True):
+    """``export``: the stored specs in creation order, each with only the fields
+    that differ from their defaults (``spec.written``); ``invalid``: stored values
+    that are not valid specs, left out."""
+
+    groups: list[dict[str, Any]]
+    children: list[dict[str, Any]]
+    invalid: list[str] = []
+
+
+class RolloutInstance(msgspec.Struct, frozen=True, kw_only=True):
+    """One placed instance of a child: which spec it runs (from its claim)."""
+
+    instance: str
+    replica: int
+    node: str | None  # where it runs; None: not claimed
+    state: str  # the claim's, or "not running"
+    revision: int | None  # the spec key's revision it was started from
+    current: bool  # it runs the current spec (its digest is the spec's)
+    ready: bool
+    health: str
+
+
+class RolloutStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """``rollout``: where moving a child's instances to its current spec stands."""
+
+    id: str
+    state: str  # done, in progress, halted, or "not placed"
+    reason: str  # why it halted
+    revision: int  # the spec key's current mod revision
+    digest: str
+    instances: list[RolloutInstance]
 
 
 class GroupDeleted(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,7 +17,15 @@ import trio.testing
 
 from ringd import records
 from ringd.config import Config
-from ringd.errors import AlreadyExists, InvalidSpec, NotFound, Refused, RingdError, TimedOut
+from ringd.errors import (
+    AlreadyExists,
+    CannotRun,
+    InvalidSpec,
+    NotFound,
+    Refused,
+    RingdError,
+    TimedOut,
+)
 from ringd.figures import Figures
 from ringd.handoff import Handoff
 from ringd.keys import Keys
@@ -356,9 +364,54 @@ async def test_start_children_stores_in_transactions_and_names_conflicts(ops: Op
 async def test_waiting_for_a_child_that_never_runs_times_out(
     ops: Ops, autojump_clock: trio.testing.MockClock
 ) -> None:
-    with pytest.raises(TimedOut, match="child w running did not happen within 5 s"):
+    await ops.node(NODE)  # online, but nothing claims it
+    with pytest.raises(TimedOut, match=r"not running within 5 s: child w \(pending: waiting"):
         await ops.call("start_child", spec=sleeper("w"), wait=True, timeout=5)
     assert ops.stored(KEYS.child("w")) is not None  # stored all the same
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        (sleeper("w"), "no node is online"),
+        (sleeper("w", on={"zone": "eu"}), "no eligible node: needs zone=eu"),
+        (sleeper("w", group="nosuch"), "group nosuch does not exist"),
+    ],
+)
+async def test_waiting_ends_at_once_when_the_child_cannot_run(
+    ops: Ops, autojump_clock: trio.testing.MockClock, spec: dict[str, Any], why: str
+) -> None:
+    if why != "no node is online":
+        await ops.node(NODE)
+    with pytest.raises(CannotRun) as exc:
+        await ops.call("start_child", spec=spec, wait=True, timeout=30)
+    assert str(exc.value) == f"child w cannot run: {why}"
+    assert trio.current_time() < 1, "not the whole timeout"
+
+
+async def test_waiting_ends_when_the_child_failed_and_a_batch_names_each(
+    ops: Ops, autojump_clock: trio.testing.MockClock
+) -> None:
+    await ops.node(NODE)
+
+    async def fail_one() -> None:
+        await trio.sleep(1)
+        await ops.claim("a", NODE)
+        await ops.claim("b", NODE, state="failed", pid=None, reason="cannot start 'nobin'")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fail_one)
+        with pytest.raises(CannotRun) as exc:
+            await ops.call(
+                "start_children",
+                specs=[sleeper("a"), sleeper("b"), sleeper("c", on={"zone": "eu"})],
+                wait=True,
+                timeout=30,
+            )
+    assert str(exc.value) == (
+        "child b cannot run: cannot start 'nobin'; "
+        "child c cannot run: no eligible node: needs zone=eu"
+    )
 
 
 async def test_waiting_for_a_child_returns_once_its_claim_says_running(
@@ -428,7 +481,7 @@ async def test_find_a_running_child_with_a_degraded_replica(ops: Ops) -> None:
     # The reply is the master's row, then argv, replicas, degraded, instances.
     wire = msgspec.json.decode(msgspec.json.encode(found))
     assert list(wire)[:2] == ["id", "instance"]
-    assert list(wire)[-4:] == ["argv", "replicas", "degraded", "instances"]
+    assert list(wire)[-5:] == ["argv", "replicas", "degraded", "instances", "warnings"]
     assert "last_exit" not in wire
 
 
@@ -470,7 +523,9 @@ async def test_which_children_filters_and_local_rows_come_from_the_supervisor(op
     assert await ids() == ["a", "b", "c"]
     assert await ids(node="n2") == ["b"]
     assert await ids(group="g") == ["b"]
-    assert await ids(node="nowhere") == []
+    for missing, what in (({"node": "nowhere"}, "node"), ({"group": "nosuch"}, "group")):
+        error = await ops.fails("which_children", **missing)
+        assert isinstance(error, NotFound), f"a filter naming no {what} is not found"
     (local,) = await ops.call("which_children", local=True)
     assert (local.id, local.pid, local.state, local.last_exit) == ("a", 555, "backoff", "exit 0")
     assert (local.node, local.ready, local.health) == (NODE, True, "healthy")
@@ -499,7 +554,7 @@ async def test_a_bad_wait_timeout_deletes_and_drains_nothing(ops: Ops, timeout: 
     await ops.call("start_child", spec=sleeper("kept"))
     for op, args, key in (
         ("delete_child", {"id": "kept"}, KEYS.child("kept")),
-        ("drain", {"node": NODE}, KEYS.drain(NODE)),
+        ("drain", {"node": NODE, "force": True}, KEYS.drain(NODE)),
     ):
         before = ops.stored(key)
         error = await ops.fails(op, **args, wait=True, timeout=timeout)
@@ -756,3 +811,29 @@ async def test_watch_streams_node_and_child_events(ops: Ops) -> None:
         nursery.cancel_scope.cancel()
     assert [(e["kind"], e["node"], e["status"]) for e in events] == [("node", "n2", "online")]
     assert events[0]["revision"] == ops.etcd.kvs[KEYS.status("n2")].mod_revision
+
+
+async def test_draining_the_last_node_is_refused_unless_forced(ops: Ops) -> None:
+    await ops.node(NODE)
+    await ops.node("n2")
+    await ops.call("drain", node="n2")
+    error = await ops.fails("drain", node=NODE)
+    assert isinstance(error, Refused)
+    assert f"{NODE} is the last node in the ring that is not draining" in str(error)
+    assert ops.stored(KEYS.drain(NODE)) is None, "nothing drained"
+    await ops.call("drain", node=NODE, force=True)
+    assert ops.stored(KEYS.drain(NODE)) is not None
+    await ops.call("drain", node=NODE)  # already draining: nothing changes, no refusal
+    await ops.call("start_child", spec=sleeper("w"))
+    await ops.settle()
+    (row,) = (await ops.call("find", id="w")).instances
+    assert (row.state, row.reason) == ("pending", "every node in the ring is draining")
+
+
+async def test_a_child_in_a_group_that_does_not_exist_is_stored_with_a_warning(ops: Ops) -> None:
+    await ops.node(NODE)
+    row = await ops.call("start_child", spec=sleeper("w", group="nosuch"))
+    assert row.warnings == ["group nosuch does not exist: w waits until it is created"]
+    assert ops.stored(KEYS.child("w")) is not None, "stored: groups may come later"
+    await ops.call("create_group", spec={"name": "g"})
+    assert (await ops.call("start_child", spec=sleeper("v", group="g"))).warnings == []

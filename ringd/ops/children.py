@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import msgspec
+import trio
 
-from ..errors import AlreadyExists, InvalidSpec, NotFound
+from ..errors import AlreadyExists, CannotRun, InvalidSpec, NotFound, TimedOut
 from ..protocol import (
     BatchStored,
     ChildDeleted,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
         StartChildrenArgs,
         WhichChildrenArgs,
     )
+    from ..spec import ChildSpec
     from ..supervisor import Child
     from .context import Context
 
@@ -40,10 +42,23 @@ async def start_child(ctx: Context, args: StartChildArgs) -> ChildFound:
     if existing.value != value:
         raise AlreadyExists("child", spec.id)
     if args.wait:
-        await ctx.wait_for(lambda: running(ctx, spec.id), args.timeout, f"child {spec.id} running")
+        await wait_running(ctx, [spec.id], args.timeout)
     # The view may not hold the new spec yet; etcd just answered with it.
     stored = ctx.view.spec(spec.id)
-    return await found(ctx, spec.id, stored.kv if stored is not None else existing)
+    row = await found(ctx, spec.id, stored.kv if stored is not None else existing)
+    if warnings := await _warnings(ctx, spec):
+        row = msgspec.structs.replace(row, warnings=warnings)
+    return row
+
+
+async def _warnings(ctx: Context, spec: ChildSpec) -> list[str]:
+    """What is accepted (groups may come later) but looks like a mistake."""
+    group = spec.group
+    if group is None or ctx.view.group(group) is not None:
+        return []
+    if await ctx.etcd.get(ctx.keys.group(group)) is not None:
+        return []  # created a moment ago: not in the view yet
+    return [f"group {group} does not exist: {spec.id} waits until it is created"]
 
 
 async def start_children(ctx: Context, args: StartChildrenArgs) -> BatchStored:
@@ -70,13 +85,58 @@ async def start_children(ctx: Context, args: StartChildrenArgs) -> BatchStored:
         conflicts += [i for i in batch if now[ctx.keys.child(i)].value != specs[i]]
     if args.wait:
         conflicting = set(conflicts)
-        waiting = [i for i in ids if i not in conflicting]
-        await ctx.wait_for(
-            lambda: all(running(ctx, i) for i in waiting),
-            args.timeout,
-            f"{len(waiting)} children running",
-        )
+        await wait_running(ctx, [i for i in ids if i not in conflicting], args.timeout)
     return BatchStored(stored=len(ids) - len(conflicts), conflicts=conflicts)
+
+
+# Pending for a reason that passes by itself: not a reason to stop waiting.
+_TRANSIENT = ("waiting for its node", "just created")
+
+
+def cannot_run(ctx: Context, child_id: str) -> str:
+    """Why the daemon already knows the child will not run ("" if it may yet):
+    its master failed, or no node may run it (no eligible node, its group is
+    missing or failed, every node draining)."""
+    stored = ctx.view.spec(child_id)
+    if stored is None:
+        return ""  # not in the view yet
+    row = ctx.listing.child(child_id, stored.kv).rows[0]
+    if row.state == "failed" or (row.state == "pending" and not row.reason.startswith(_TRANSIENT)):
+        return row.reason or row.state
+    return ""
+
+
+async def wait_running(ctx: Context, ids: list[str], timeout: float) -> None:
+    """Wait until every child runs; end early, naming each child and why, as soon as
+    every one either runs or is known not to be able to.
+
+    Raises:
+        CannotRun: some cannot run (each named with its reason).
+        TimedOut: not all ran in time (each one not running named, with its state).
+    """
+    seen = -1
+    with trio.move_on_after(timeout):
+        while True:
+            waiting = [i for i in ids if not running(ctx, i)]
+            failing = {i: why for i in waiting if (why := cannot_run(ctx, i))}
+            if len(failing) == len(waiting):
+                break
+            seen = await ctx.view.wait_changed(seen)
+        if failing:
+            raise CannotRun("; ".join(f"child {i} cannot run: {why}" for i, why in failing.items()))
+        return
+    raise TimedOut(
+        f"not running within {timeout:g} s: "
+        + "; ".join(f"child {i} ({_state(ctx, i)})" for i in ids if not running(ctx, i))
+    )
+
+
+def _state(ctx: Context, child_id: str) -> str:
+    stored = ctx.view.spec(child_id)
+    if stored is None:
+        return "not stored"
+    row = ctx.listing.child(child_id, stored.kv).rows[0]
+    return f"{row.state}: {row.reason}" if row.reason else row.state
 
 
 def running(ctx: Context, instance: str) -> bool:
@@ -124,6 +184,15 @@ async def found(ctx: Context, child_id: str, spec_kv: KV) -> ChildFound:
 async def which_children(ctx: Context, args: WhichChildrenArgs) -> list[ChildRow] | Encoded:
     """Every child instance (``local``: on this node, as its supervisor sees them)."""
     node = ctx.node if args.local else args.node
+    # A filter naming nothing that exists is a mistake, not an empty answer.
+    if (
+        args.group is not None
+        and ctx.view.group(args.group) is None
+        and not any(s.value.group == args.group for s in ctx.view.specs().values())
+    ):
+        raise NotFound("group", args.group)
+    if node is not None and node not in ctx.view.in_ring() and ctx.view.status(node) is None:
+        raise NotFound("node", node)
 
     async def rows() -> list[ChildRow]:
         rows = await ctx.listing.everything()

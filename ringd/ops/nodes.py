@@ -90,6 +90,17 @@ async def drain(ctx: Context, args: DrainArgs) -> NodeDraining:
     """Take a node out of the ring while it stays online: its children move away."""
     node = known_node(ctx, args.node)
     timeout = check_timeout(args.timeout) if args.wait else None  # checked before acting
+    # From etcd, not the view: two drains in a row must see each other.
+    _, kvs = await ctx.etcd.list(f"{ctx.keys.prefix}nodes/")
+    named = [parsed for kv in kvs if (parsed := ctx.keys.parse(kv.key))]
+    in_ring = {name for _, name, sub in named if sub == "alive"}
+    draining = {name for _, name, sub in named if sub == "drain"}
+    if not in_ring - draining - {node} and node not in draining and not args.force:
+        # Every child would stop, with nowhere to go: not what "move away" means.
+        raise Refused(
+            f"{node} is the last node in the ring that is not draining: its children "
+            "would stop, not move (drain --force to do it anyway)"
+        )
     value = records.encode(records.Drain(since=time.time(), by=ctx.node))
     await ctx.etcd.put(ctx.keys.drain(node), value)
     if timeout is not None:
