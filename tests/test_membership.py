@@ -157,8 +157,14 @@ def test_hooks_run_in_order_for_other_nodes_and_failures_do_not_disturb(
     # A hook that exits at once but leaves a process behind, holding its output
     # open: killed with its process group at the timeout.
     (hooks / "35-hang-child").write_text(f"#!/bin/sh\nsleep 600 &\necho $! >> {hung_pids}\n")
-    (hooks / "40-not-executable").write_text("#!/bin/sh\necho never >> {out}\n")
-    for path in (good, bad, slow, hooks / "35-hang-child"):
+    # Not hooks: a file without the execute bit, a hidden executable and a directory
+    # (searchable, so os.access(X_OK) alone would take it). None may run or be tried.
+    never = short_tmp / "never.out"
+    (hooks / "40-not-executable").write_text(f"#!/bin/sh\necho not-executable >> {never}\n")
+    hidden = hooks / ".45-hidden"
+    hidden.write_text(f"#!/bin/sh\necho hidden >> {never}\n")
+    (hooks / "50-directory").mkdir()
+    for path in (good, bad, slow, hooks / "35-hang-child", hidden):
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
     config = short_tmp / "a.toml"
     config.write_text(f'hooks_dir = "{hooks}"\nhook_timeout = 2.0\n')
@@ -188,6 +194,11 @@ def test_hooks_run_in_order_for_other_nodes_and_failures_do_not_disturb(
     assert "hook 20-fail (b offline) exited with status 7" in log
     assert "hook 30-hang (b offline) killed after 2 s" in log
     assert "hook 35-hang-child (b offline) killed after 2 s" in log
+    # Every hook of b's changes has run by now (c's come after them, in order): the
+    # files that are not hooks were never run, nor even tried ("could not run").
+    assert not never.exists(), never.read_text()
+    for name in ("40-not-executable", ".45-hidden", "50-directory"):
+        assert name not in log, f"{name} is not a hook"
     assert a.call("ping")["node"] == "a"
     # The hung hooks were killed, not left behind.
     for pid in map(int, hung_pids.read_text().split()):
