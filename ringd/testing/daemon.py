@@ -8,14 +8,12 @@ import ctypes
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from ..protocol import Client, RemoteError, Unreachable
 from .processes import helpers_of
 from .waiting import wait_until
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 class DaemonExited(AssertionError):
@@ -97,6 +95,17 @@ class Daemon:
 
     def call(self, op: str, **args: Any) -> Any:
         return self.client.call(op, **args)
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``ringctl --socket <this daemon's> ARGS`` as an operator runs it, to the end."""
+        ringctl = str(Path(sys.executable).with_name("ringctl"))
+        return subprocess.run(
+            [ringctl, "--socket", self.socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def spawn(self) -> subprocess.Popen[bytes]:
         """Start the process (its output appended to the log); returns at once."""
