@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from ringd.keys import Keys
 from ringd.membership import Membership, is_dead_predecessor, pid_namespace
 from ringd.protocol import Client, RemoteError
 from ringd.records import Alive
+from ringd.testing import etcd3_client
 from ringd.view import ClusterView
 
 from .helpers import alive, wait_until
@@ -206,10 +209,30 @@ def test_hooks_run_in_order_for_other_nodes_and_failures_do_not_disturb(
 
 
 def test_status_row_json_is_what_nodes_shows(cluster: Cluster) -> None:
+    """The node's rows in etcd (``nodes/<n>/status`` and ``alive``) are what
+    ``ringctl nodes`` shows: field by field with --json, and in the table."""
     a = cluster.daemon("a")
-    (row,) = a.call("nodes")
-    assert row["status"] == "online" and row["reason"] == "joined" and row["alive"]
-    json.dumps(row)
+    client = etcd3_client(cluster.etcd_url)
+    try:
+        prefix = f"/ringd/{cluster.name}/nodes/a/"
+        status, alive = (json.loads(client.get(prefix + key)[0]) for key in ("status", "alive"))
+    finally:
+        client.close()
+    assert (status["status"], status["reason"], alive["pid"]) == ("online", "joined", a.pid)
+    ringctl = [str(Path(sys.executable).with_name("ringctl")), "--socket", a.socket]
+    env = {**os.environ, "COLUMNS": "250"}  # the table unwrapped
+    shown = subprocess.run([*ringctl, "--json", "nodes"], capture_output=True, text=True,
+                           timeout=30, check=True, env=env)  # fmt: skip
+    (row,) = json.loads(shown.stdout)
+    fields = ("node", "status", "last_change", "reason")
+    assert {k: row[k] for k in fields} == {k: status[k] for k in fields}
+    assert (row["alive"], row["host"], row["pid"]) == (True, alive["host"], alive["pid"])
+    table = subprocess.run([*ringctl, "nodes"], capture_output=True, text=True, timeout=30,
+                           check=True, env=env).stdout  # fmt: skip
+    (line,) = [line for line in table.splitlines() if line.split()[:1] == ["a"]]
+    assert line.split()[:3] == ["a", status["status"], status["last_change"]], table
+    for value in (status["reason"], alive["host"], str(alive["pid"])):
+        assert f" {value} " in f" {line} ", f"{value!r} not in {line!r}"
 
 
 class LateKeepalives(Etcd):
