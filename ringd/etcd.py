@@ -524,6 +524,29 @@ class Etcd:
 
         return await self._call("put_if", fn)
 
+    async def write_if(
+        self,
+        puts: Sequence[tuple[str, bytes, int]],
+        deletes: Sequence[tuple[str, int]] = (),
+    ) -> bool:
+        """Put each ``(key, value, mod_revision)`` and delete each ``(key,
+        mod_revision)`` in one transaction, only if every key still has its mod
+        revision (0: absent); nothing is written otherwise. At most ``txn_ops`` keys."""
+        assert len(puts) + len(deletes) <= self.txn_ops, "too many keys for one transaction"
+
+        def fn(c: Any) -> bool:
+            t = c.transactions
+            ok, _ = c.transaction(
+                compare=[t.mod(k) == rev for k, _, rev in puts]
+                + [t.mod(k) == rev for k, rev in deletes],
+                success=[t.put(k, v) for k, v, _ in puts]
+                + [etcd3.transactions.Delete(k) for k, _ in deletes],
+                failure=[],
+            )
+            return bool(ok)
+
+        return await self._call("put_if", fn)
+
     async def delete_if(self, key: str, *, create_revision: int) -> bool:
         """Delete only the incarnation of ``key`` created at ``create_revision``."""
 

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
-from . import records
+from . import desired, records
+from .desired import Rollout, Running
 from .placement import instance_key
 from .protocol import ChildRow, Encoded, dump_result
-from .spec import MAX_REPLICAS
+from .spec import MAX_REPLICAS, spec_digest
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -173,6 +174,8 @@ class Listing:
             rows.append(_pending(child_id, replica, shown, owner, state, reason))
         kvs = tuple(_kv(claim) for claim in claims)
         return Entry(spec_kv, shown.argv, placement, kvs, context, rows)
+        if spec is not None and placement:
+            rows = _with_rollout(rows, _rollout(spec, placement, claims))
 
     def _why_not_running(
         self, child_id: str, spec: ChildSpec | None, replica: int, placed: int
@@ -283,6 +286,36 @@ class _Shown:
 def _kv(stored: Stored[Claim] | None) -> KV | None:
     return stored.kv if stored is not None else None
 
+def _rollout(
+    spec: ChildSpec, placement: list[Instance], claims: list[Stored[Claim] | None]
+) -> Rollout:
+    """Where the child's move to its spec stands, from its claims alone (what every
+    node sees alike; the reconciler also looks at its own supervisor)."""
+    instances: dict[int, Running | None] = {}
+    for instance in placement:
+        stored = claims[instance.replica] if instance.replica < len(claims) else None
+        claim = stored.value if stored is not None else None
+        instances[instance.replica] = (
+            None
+            if claim is None
+            else Running(claim.digest, claim.state == "running", claim.ready, claim.halted)
+        )
+    return desired.rollout(spec_digest(spec), instances)
+
+
+def _with_rollout(rows: list[ChildRow], rollout: Rollout) -> list[ChildRow]:
+    """Every row says where the rollout stands; a halted one says why, first."""
+    if rollout.state != "halted":
+        return [msgspec.structs.replace(row, rollout=rollout.state) for row in rows]
+    halted = f"rollout halted: {rollout.reason}"
+    return [
+        msgspec.structs.replace(
+            row, rollout=rollout.state, reason=f"{halted}; {row.reason}" if row.reason else halted
+        )
+        for row in rows
+    ]
+
+
 
 def _claimed(
     child_id: str, replica: int, shown: _Shown, owner: str | None, stored: Stored[Claim]
@@ -306,6 +339,9 @@ def _claimed(
     )
 
 
+        revision=claim.revision,
+        ready=claim.ready,
+        health=claim.health,
 def _pending(
     child_id: str, replica: int, shown: _Shown, owner: str | None, state: str, reason: str
 ) -> ChildRow:

@@ -186,6 +186,20 @@ class MemoryEtcd:
         self._commit([(key, value, lease or 0)], [])
         return True
 
+    async def write_if(
+        self,
+        puts: Sequence[tuple[str, bytes, int]],
+        deletes: Sequence[tuple[str, int]] = (),
+    ) -> bool:
+        assert len(puts) + len(deletes) <= self.txn_ops, "too many keys for one transaction"
+        self._enter("put_if")
+        for key, rev in [*((k, r) for k, _, r in puts), *deletes]:
+            current = self.kvs.get(key)
+            if (current.mod_revision if current is not None else 0) != rev:
+                return False
+        self._commit([(k, v, 0) for k, v, _ in puts], [k for k, _ in deletes])
+        return True
+
     async def delete_if(self, key: str, *, create_revision: int) -> bool:
         self._enter("delete_if")
         if self._created_at(key) != create_revision:

@@ -483,9 +483,9 @@ class ChildUpdated(msgspec.Struct, frozen=True, kw_only=True):
 class PlanEntry(msgspec.Struct, frozen=True, kw_only=True):
     """One spec of an ``apply``: what happens to it."""
 
-    kind: Literal["child", "group"]
+    kind: str  # child | group
     id: str
-    action: Literal["create", "update", "delete", "unchanged"]
+    action: str  # create | update | delete | unchanged
 
 
 class Applied(msgspec.Struct, frozen=True, kw_only=True):

@@ -326,6 +326,12 @@ class Reconciler:
 
     def rollout(self, child_id: str) -> Rollout | None:
         """Where the child's move to its current spec stands (None: not placed)."""
+        found = self.instances(child_id)
+        return None if found is None else desired.rollout(*found)
+
+    def instances(self, child_id: str) -> tuple[str, dict[int, Running | None]] | None:
+        """The current spec's digest and what each placed instance runs (replica ->
+        its state; None: not running anywhere); None when the child is not placed."""
         placed = self.place().get(child_id)
         stored = self.view.spec(child_id)
         if not placed or stored is None:
@@ -349,7 +355,7 @@ class Reconciler:
                     claim.value.halted,
                 )
             )
-        return desired.rollout(spec_digest(stored.value), instances)
+        return spec_digest(stored.value), instances
 
     def _may_update(self, child: Child) -> bool:
         """A rolling restart: this instance's turn has come (see ``desired.rollout``)."""

@@ -71,38 +71,43 @@ def spec_digest(spec: ChildSpec) -> str:
     return f"{xxhash.xxh3_64_intdigest(encode(spec)):016x}"
 
 
-def _check_argv(name: str, argv: list[str]) -> None:
+def _argv_problems(name: str, argv: list[str]) -> list[tuple[str, str]]:
+    found = []
     if not argv[0]:
-        raise InvalidSpec(f"{name}[0]", "must not be empty")
-    for i, arg in enumerate(argv):
-        if "\0" in arg:
-            raise InvalidSpec(f"{name}[{i}]", "must not contain NUL")
+        found.append((f"{name}[0]", "must not be empty"))
+    found += [(f"{name}[{i}]", "must not contain NUL") for i, arg in enumerate(argv) if "\0" in arg]
     if sum(len(a) for a in argv) > MAX_ARG_BYTES:
-        raise InvalidSpec(name, f"longer than {MAX_ARG_BYTES} bytes")
+        found.append((name, f"longer than {MAX_ARG_BYTES} bytes"))
+    return found
 
 
-def _check(spec: ChildSpec) -> None:
-    """The rules msgspec's declarative constraints cannot express."""
-    _check_argv("argv", spec.argv)
+def _rule_problems(spec: ChildSpec) -> list[tuple[str, str]]:
+    """The rules msgspec's declarative constraints cannot express, every one broken."""
+    found = _argv_problems("argv", spec.argv)
     if spec.check is not None:
-        _check_argv("check", spec.check)
+        found += _argv_problems("check", spec.check)
     for key, value in spec.env.items():
         if not _ENV_NAME.match(key):
-            raise InvalidSpec(f"env.{key}", "not a valid variable name")
-        if key.startswith(RESERVED_ENV_PREFIX):
-            raise InvalidSpec(
-                f"env.{key}", f"names starting with {RESERVED_ENV_PREFIX} are reserved"
-            )
+            found.append((f"env.{key}", "not a valid variable name"))
+        elif key.startswith(RESERVED_ENV_PREFIX):
+            found.append((f"env.{key}", f"names starting with {RESERVED_ENV_PREFIX} are reserved"))
         if "\0" in value:
-            raise InvalidSpec(f"env.{key}", "must not contain NUL")
+            found.append((f"env.{key}", "must not contain NUL"))
     if spec.cwd is not None and not os.path.isabs(spec.cwd):
-        raise InvalidSpec("cwd", f"{spec.cwd!r} is not an absolute path")
+        found.append(("cwd", f"{spec.cwd!r} is not an absolute path"))
     if spec.cwd is not None and "\0" in spec.cwd:
-        raise InvalidSpec("cwd", "must not contain NUL")
+        found.append(("cwd", "must not contain NUL"))
     try:
         signal_number(spec.stop_signal)
     except ValueError as exc:
-        raise InvalidSpec("stop_signal", str(exc)) from None
+        found.append(("stop_signal", str(exc)))
+    return found
+
+
+def _check(spec: ChildSpec) -> None:
+    """The rules msgspec's declarative constraints cannot express (the first broken)."""
+    if found := _rule_problems(spec):
+        raise InvalidSpec(*found[0])
 
 
 def signal_number(name: str) -> int:
@@ -153,6 +158,76 @@ def parse_child(data: bytes | str | dict[str, Any]) -> ChildSpec:
 def encode(spec: msgspec.Struct) -> bytes:
     """The canonical JSON of a spec, as stored in etcd."""
     return msgspec.json.encode(spec)
+
+
+def _pair(exc: msgspec.ValidationError) -> tuple[str, str]:
+    error = _as_invalid(exc)
+    return error.field, error.problem
+
+
+def _top(path: str) -> str:
+    """The key of a spec a problem's path starts at: ``env`` of ``env.A``, ``argv``
+    of ``argv[0]``, ``on`` of ``on (a key)``."""
+    return re.split(r"[.\[ ]", path, maxsplit=1)[0]
+
+
+def _every_problem(
+    data: Any, into: type[msgspec.Struct], placeholders: dict[str, Any]
+) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """Every wrong key of ``data`` for ``into`` and every required one missing, and
+    the keys that are right (``validation.problems`` reports a missing key only
+    once nothing else is wrong)."""
+    if not isinstance(data, dict):
+        return [("", "must be a table")], {}
+    found = problems(data, into)
+    for field in msgspec.structs.fields(into):
+        if field.required and field.encode_name not in data:
+            found.append((field.encode_name, "is required"))
+    found = list(dict.fromkeys(found))  # the whole conversion may repeat a missing key
+    bad = {_top(path) for path, _ in found}
+    good = {key: value for key, value in data.items() if key not in bad}
+    return found, {**placeholders, **good}
+
+
+def child_problems(data: Any) -> list[tuple[str, str]]:
+    """Every problem of a child spec (a table from a specs file) as ``(field,
+    problem)``, in the words ``parse_child`` uses; [] when it is a valid spec."""
+    found, good = _every_problem(data, ChildSpec, {"id": "x", "argv": ["x"]})
+    try:
+        spec = msgspec.convert(good, ChildSpec)
+    except msgspec.ValidationError as exc:  # keys right alone, wrong together
+        return found or [_pair(exc)]
+    given = data if isinstance(data, dict) else {}
+    found += [(p, why) for p, why in _rule_problems(spec) if _top(p) in given]
+    return found
+
+
+def group_problems(data: Any) -> list[tuple[str, str]]:
+    """Every problem of a group spec (a table from a specs file), as ``child_problems``."""
+    found, good = _every_problem(data, GroupSpec, {"name": "x"})
+    if not found:
+        try:
+            msgspec.convert(good, GroupSpec)
+        except msgspec.ValidationError as exc:
+            found.append(_pair(exc))
+    return found
+
+
+def written(spec: msgspec.Struct) -> dict[str, Any]:
+    """A spec as an operator would write it: its required fields and those that
+    differ from their defaults, as plain values (``export``; ``parse_child`` or
+    ``parse_group`` reads it back to an equal spec)."""
+    out: dict[str, Any] = {}
+    for field in msgspec.structs.fields(spec):
+        value = getattr(spec, field.name)
+        if not field.required:
+            default = (
+                field.default if field.default is not msgspec.NODEFAULT else field.default_factory()
+            )
+            if value == default:
+                continue
+        out[field.encode_name] = msgspec.to_builtins(value)
+    return out
 
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]

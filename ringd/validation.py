@@ -63,6 +63,8 @@ def describe(exc: msgspec.ValidationError | msgspec.DecodeError) -> tuple[str, s
     if bound := re.fullmatch(r"Expected `(\w+)` (of length )?([<>]=?) (.+)", problem):
         _, length, op, limit = bound.groups()
         limit = limit.removesuffix(".0")
+        if length and op == ">=" and limit == "1":
+            return path, "must not be empty"
         what = "its length" if length else "it"
         return path, f"{what} must be {op} {limit}"
     if enum := re.fullmatch(r"Invalid enum value (.+)", problem):

@@ -1,5 +1,6 @@
 """The operations the control socket offers (``ringctl`` commands map one to one),
-one module per family: ``children``, ``local``, ``groups``, ``nodes``, ``streams``.
+one module per family: ``children``, ``local``, ``groups``, ``updates``, ``nodes``,
+``streams``.
 
 Each op is ``async def op(ctx: Context, args: <its request struct>) -> <its result
 struct>``; ``registry`` names them and binds them to a daemon's ``Context``.

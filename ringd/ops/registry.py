@@ -10,24 +10,29 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..protocol import (
+    ApplyArgs,
     Args,
     CreateGroupArgs,
     DeleteChildArgs,
     DeleteGroupArgs,
     DrainArgs,
+    ExportArgs,
     FindArgs,
     InstanceArgs,
     LogsArgs,
     NodeArgs,
     ResetGroupArgs,
+    RolloutArgs,
     SignalChildArgs,
     StartChildArgs,
     StartChildrenArgs,
+    UpdateChildArgs,
+    UpdateGroupArgs,
     WatchArgs,
     WhichChildrenArgs,
     decode_args,
 )
-from . import children, groups, local, nodes, streams
+from . import children, groups, local, nodes, streams, updates
 
 if TYPE_CHECKING:
     from .context import Context
@@ -73,6 +78,11 @@ OPS: dict[str, Op[Any]] = {
     "drain": Op(DrainArgs, nodes.drain),
     "undrain": Op(NodeArgs, nodes.undrain),
     "forget_node": Op(NodeArgs, nodes.forget_node),
+    "update_child": Op(UpdateChildArgs, updates.update_child),
+    "update_group": Op(UpdateGroupArgs, updates.update_group),
+    "apply": Op(ApplyArgs, updates.apply),
+    "export": Op(ExportArgs, updates.export),
+    "rollout": Op(RolloutArgs, updates.rollout),
 }
 STREAMS: dict[str, StreamOp[Any]] = {
     "logs_follow": StreamOp(LogsArgs, streams.logs_follow),
