@@ -172,10 +172,10 @@ class Listing:
             context = self._inputs()
             state, reason = self._why_not_running(child_id, spec, replica, len(owners))
             rows.append(_pending(child_id, replica, shown, owner, state, reason))
-        kvs = tuple(_kv(claim) for claim in claims)
-        return Entry(spec_kv, shown.argv, placement, kvs, context, rows)
         if spec is not None and placement:
             rows = _with_rollout(rows, _rollout(spec, placement, claims))
+        kvs = tuple(_kv(claim) for claim in claims)
+        return Entry(spec_kv, shown.argv, placement, kvs, context, rows)
 
     def _why_not_running(
         self, child_id: str, spec: ChildSpec | None, replica: int, placed: int
@@ -283,9 +283,6 @@ class _Shown:
         )
 
 
-def _kv(stored: Stored[Claim] | None) -> KV | None:
-    return stored.kv if stored is not None else None
-
 def _rollout(
     spec: ChildSpec, placement: list[Instance], claims: list[Stored[Claim] | None]
 ) -> Rollout:
@@ -316,6 +313,9 @@ def _with_rollout(rows: list[ChildRow], rollout: Rollout) -> list[ChildRow]:
     ]
 
 
+def _kv(stored: Stored[Claim] | None) -> KV | None:
+    return stored.kv if stored is not None else None
+
 
 def _claimed(
     child_id: str, replica: int, shown: _Shown, owner: str | None, stored: Stored[Claim]
@@ -336,12 +336,12 @@ def _claimed(
         started=claim.started,
         reason=claim.reason,
         fence=stored.kv.create_revision,
-    )
-
-
         revision=claim.revision,
         ready=claim.ready,
         health=claim.health,
+    )
+
+
 def _pending(
     child_id: str, replica: int, shown: _Shown, owner: str | None, state: str, reason: str
 ) -> ChildRow:
