@@ -14,7 +14,7 @@ import trio
 from .errors import EtcdUnavailable
 from .procfs import cpu_and_rss
 from .procfs import start_time as start_time  # re-exported: tests/test_figures.py
-from .records import NodeFigures, encode
+from .records import InvalidRecord, NodeFigures, decode_figures, encode
 
 if TYPE_CHECKING:
     from .etcd import Etcd
@@ -61,6 +61,36 @@ class Figures:
     def forget_others(self, pids: set[int]) -> None:
         for pid in self._last.keys() - pids:
             del self._last[pid]
+
+
+class PublishedFigures:
+    """Other nodes' published figures, read from etcd when a listing needs them: one
+    read of every node's (small) key, reused for ``fresh`` seconds. Not mirrored by
+    the view: a minute's figures of every node would otherwise reach every daemon."""
+
+    def __init__(self, etcd: Etcd, keys: Keys, fresh: float = 1.0) -> None:
+        self.etcd = etcd
+        self.prefix = keys.figures()
+        self.fresh = fresh
+        self._read: tuple[float, dict[str, NodeFigures]] | None = None
+
+    async def by_node(self) -> dict[str, NodeFigures]:
+        now = time.monotonic()
+        if self._read is not None and now - self._read[0] < self.fresh:
+            return self._read[1]
+        try:
+            _, kvs = await self.etcd.list(self.prefix)
+        except EtcdUnavailable as exc:
+            logger.debug("cannot read published figures: %s", exc)
+            return self._read[1] if self._read else {}
+        out = {}
+        for kv in kvs:
+            try:
+                out[kv.key.removeprefix(self.prefix)] = decode_figures(kv.value)
+            except InvalidRecord:
+                continue  # a third party's: no figures for that node
+        self._read = (now, out)
+        return out
 
 
 class Publisher:

@@ -11,14 +11,23 @@ class Keys:
 
     prefix: str
 
+    @property
+    def data_prefix(self) -> str:
+        """Keys no daemon mirrors (``/ringd/<cluster>:data/``): per-node figures and
+        handoff state, read only when needed. Kept out of ``prefix`` so that the
+        watch every daemon holds carries what decides placement, nothing bulky and
+        nothing that changes every minute on every node."""
+        return self.prefix.rstrip("/") + ":data/"
+
     def alive(self, node: str) -> str:
         return f"{self.prefix}nodes/{node}/alive"
 
     def status(self, node: str) -> str:
         return f"{self.prefix}nodes/{node}/status"
 
-    def figures(self, node: str) -> str:
-        return f"{self.prefix}nodes/{node}/figures"
+    def figures(self, node: str = "") -> str:
+        """A node's published figures (all nodes' under ``figures()``)."""
+        return f"{self.data_prefix}figures/{node}"
 
     def drain(self, node: str) -> str:
         return f"{self.prefix}nodes/{node}/drain"
@@ -33,7 +42,7 @@ class Keys:
         return f"{self.prefix}groups/{group}"
 
     def handoff(self, child_id: str) -> str:
-        return f"{self.prefix}handoff/{child_id}"
+        return f"{self.data_prefix}handoff/{child_id}"
 
     def parse(self, key: str) -> tuple[str, str, str] | None:
         """Split a full key into (kind, name, sub): ``nodes/n1/alive`` -> (nodes, n1, alive)."""
@@ -42,8 +51,8 @@ class Keys:
         parts = key[len(self.prefix) :].split("/")
         if len(parts) == 3 and parts[0] == "nodes":
             return "nodes", parts[1], parts[2]
-        if len(parts) == 2 and parts[0] in ("children", "claims", "groups", "handoff"):
+        if len(parts) == 2 and parts[0] in ("children", "claims", "groups"):
             return parts[0], parts[1], ""
-        if len(parts) == 3 and parts[0] in ("claims", "handoff") and parts[2].isdigit():
+        if len(parts) == 3 and parts[0] == "claims" and parts[2].isdigit():
             return parts[0], f"{parts[1]}/{parts[2]}", ""  # a replica's instance key
         return None

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Mapping
 
     from .etcd import KV
-    from .figures import Figures
+    from .figures import Figures, PublishedFigures
     from .placement import Instance
     from .reconciler import Reconciler
     from .records import Claim
@@ -70,6 +70,7 @@ class Listing:
         view: ClusterView,
         reconciler: Reconciler,
         figures: Figures,
+        published: PublishedFigures,
         fresh: float = 1.0,
         step: int = 100,
     ) -> None:
@@ -77,6 +78,7 @@ class Listing:
         self.view = view
         self.reconciler = reconciler
         self.figures = figures
+        self.published = published
         self.fresh = fresh
         self.step = step
         self._entries: dict[str, Entry] = {}
@@ -206,6 +208,8 @@ class Listing:
         children, else the figures their node last published (every
         ``figures_interval``). A row with figures is a copy."""
         out = []
+        remote = any(row.node not in (None, self.node) for row in rows)
+        published = await self.published.by_node() if remote else {}
         for i, row in enumerate(rows):
             if i and i % self.step == 0:
                 await trio.lowlevel.checkpoint()  # a stale reading costs a /proc read per row
@@ -215,8 +219,7 @@ class Listing:
             elif node is None:
                 measured = None
             else:
-                published = self.view.figures(node)  # decoded once per publication
-                measured = published.value.get(row.instance) if published else None
+                measured = published.get(node, {}).get(row.instance)
             if measured:
                 row = msgspec.structs.replace(row, rss=measured[0], cpu=measured[1])
             out.append(row)

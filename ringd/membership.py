@@ -240,7 +240,7 @@ class Membership:
         # retry at most every TTL / 4 (jittered), not 5 s, so that they are back
         # within TTL + a little of etcd's return.
         max_backoff = min(5.0, self.config.lease_ttl / 4)
-        outage = OutageLog(logger, "register with etcd", self.etcd.endpoints)
+        outage = OutageLog(logger, "register with etcd", self.etcd)
         while not self.leaving:  # a node on its way out does not register again
             try:
                 await self._register()

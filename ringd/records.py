@@ -6,7 +6,9 @@ newer daemon's additions do not break an older one during a rolling upgrade),
 but a value of the wrong shape is an ``InvalidRecord``: the view logs it once and
 skips it. Child and group specs are validated more strictly in ``spec.py``.
 
-Handoff state (``handoff/<instance>``) is the child's own bytes and has no record.
+Handoff state (``<cluster>:data/handoff/<instance>``) is the child's own bytes and
+has no record. Figures and handoff state live outside the prefix every daemon
+mirrors (``Keys.data_prefix``).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     halted: str = ""  # why it failed before it was ready: halts a rolling update
 
 
-# ``nodes/<n>/figures``, under the node's lease: instance -> [rss bytes, cpu %].
+# ``<cluster>:data/figures/<n>``, under the node's lease: instance -> [rss bytes, cpu %].
 NodeFigures = dict[str, tuple[int, float]]
 
 
@@ -123,7 +125,6 @@ DECODERS: dict[tuple[str, str], Callable[[bytes], Any]] = {
     ("nodes", "alive"): _decoder(Alive),
     ("nodes", "status"): _decoder(Status),
     ("nodes", "drain"): _decoder(Drain),
-    ("nodes", "figures"): _decoder(NodeFigures),
     ("claims", ""): _decoder(Claim),
     ("children", ""): _spec,
     ("groups", ""): _group,
@@ -157,6 +158,8 @@ def rfc3339(unix: float | None = None) -> str:
     when = datetime.now(UTC) if unix is None else datetime.fromtimestamp(unix, UTC)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
+
+decode_figures: Callable[[bytes], NodeFigures] = _decoder(NodeFigures)
 
 _encoder = msgspec.json.Encoder()
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from .etcd import KV, Etcd, Event
     from .keys import Keys
-    from .records import Alive, Claim, Drain, NodeFigures, Status
+    from .records import Alive, Claim, Drain, Status
     from .spec import ChildSpec, GroupRecord
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class ClusterView:
         self._subscribers: set[trio.MemorySendChannel[Change]] = set()
         # key -> (mod revision, record or _INVALID): each value decoded once
         self._records: dict[str, tuple[int, Any]] = {}
-        self.outage = OutageLog(logger, "list cluster state", etcd.endpoints)
+        self.outage = OutageLog(logger, "list cluster state", etcd)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -171,9 +171,6 @@ class ClusterView:
     def stored_specs(self) -> Mapping[str, KV]:
         """Every child spec's key as stored, valid or not (read between awaits only)."""
         return self.live("children")
-
-    def figures(self, node: str) -> Stored[NodeFigures] | None:
-        return self.record("nodes", node, "figures")
 
     def claims(self) -> dict[str, Stored[Claim]]:
         """Every claim by instance key (``id`` or ``id/<n>``)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..errors import TimedOut
+from ..figures import PublishedFigures
 from ..listing import Listing
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class Context:
             view=self.view,
             reconciler=self.reconciler,
             figures=self.figures,
+            published=PublishedFigures(self.etcd, self.keys, self.figures.fresh),
             fresh=self.figures.fresh,
         )
 
