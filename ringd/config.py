@@ -58,7 +58,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     lease_ttl: Annotated[float, msgspec.Meta(ge=2, le=3600)] = 10.0
     # Children are killed this long before the lease could expire when etcd is unreachable.
     fence_margin: Seconds = 1.0
-    # A safety net: the watch resumes from its revision and re-lists on compaction.
+    # A quiet watch is opened again from its revision after this long (no re-list).
     resync_interval: Seconds = 300.0
     shutdown_grace: Seconds = 30.0
     # Seconds between publications of this node's per-child RSS/CPU figures.

@@ -321,14 +321,37 @@ class Etcd:
 
     # -- keys ------------------------------------------------------------------------
 
-    async def list(self, prefix: str) -> tuple[int, list[KV]]:
-        """Every key under ``prefix`` and the revision they were read at."""
+    async def list(self, prefix: str, *, page: int = 1000) -> tuple[int, builtins.list[KV]]:
+        """Every key under ``prefix`` and the revision they were read at, read ``page``
+        keys at a time, every page at the revision of the first: no reply is sized
+        by the cluster (gRPC refuses replies over 4 MiB: one read of 30,000 specs
+        was over it, and a daemon could then never start)."""
+        start, end = prefix.encode(), _prefix_end(prefix)
+        revision = 0
+        out: builtins.list[KV] = []
+        while True:
 
-        def fn(c: Any) -> tuple[int, list[KV]]:
-            resp = c.get_prefix_response(prefix)
-            return resp.header.revision, [_kv(kv) for kv in resp.kvs]
+            def fn(c: Any, start: bytes = start, at: int = revision) -> tuple[int, Any]:
+                # Built here: etcd3 0.12's range helpers drop limit and revision.
+                request = etcdrpc.RangeRequest(
+                    key=start,
+                    range_end=end,
+                    limit=page,
+                    revision=at,
+                    sort_order=etcdrpc.RangeRequest.ASCEND,
+                    sort_target=etcdrpc.RangeRequest.KEY,
+                )
+                resp = c.kvstub.Range(
+                    request, c.timeout, credentials=c.call_credentials, metadata=c.metadata
+                )
+                return resp.header.revision, resp
 
-        return await self._call("list", fn)
+            read_at, resp = await self._call("list", fn)
+            revision = revision or read_at
+            out.extend(_kv(kv) for kv in resp.kvs)
+            if not resp.more or not resp.kvs:
+                return revision, out
+            start = resp.kvs[-1].key + b"\0"  # the next key after the last one read
 
     async def get(self, key: str) -> KV | None:
         def fn(c: Any) -> KV | None:
@@ -604,7 +627,8 @@ class Etcd:
         start_revision: int,
         on_events: Callable[[builtins.list[Event], int], Awaitable[None]],
     ) -> None:
-        """Call ``on_events(events, revision)`` for every change from ``start_revision``.
+        """Call ``on_events(events, revision)`` for every change from ``start_revision``
+        (and with no events when etcd reports the watch's progress: its revision).
 
         Never returns; raises ``WatchBroken`` when the stream fails (the caller
         re-lists: with ``compacted`` set, the revision is no longer available).
@@ -629,8 +653,13 @@ class Etcd:
                 token.run_sync_soon(put, item)
 
         def requests() -> Iterator[Any]:
+            # progress_notify: etcd tells a quiet watch its current revision now and
+            # then, so that it resumes from there (not from a compacted revision).
             create = etcdrpc.WatchCreateRequest(
-                key=prefix.encode(), range_end=_prefix_end(prefix), start_revision=start_revision
+                key=prefix.encode(),
+                range_end=_prefix_end(prefix),
+                start_revision=start_revision,
+                progress_notify=True,
             )
             yield etcdrpc.WatchRequest(create_request=create)
             stop.wait()  # keeps the request side of the stream open until we cancel
@@ -676,6 +705,8 @@ class Etcd:
                             for e in response.events
                         ]
                         await on_events(events, response.header.revision)
+                    elif response.header.revision and not response.created:
+                        await on_events([], response.header.revision)  # progress: no change
         finally:
             stop.set()
             call.cancel()

@@ -108,7 +108,7 @@ class MemoryEtcd:
 
     # -- keys -------------------------------------------------------------------------
 
-    async def list(self, prefix: str) -> tuple[int, builtins.list[KV]]:
+    async def list(self, prefix: str, *, page: int = 1000) -> tuple[int, builtins.list[KV]]:
         self._enter("list")
         kvs = [kv for key, kv in sorted(self.kvs.items()) if key.startswith(prefix)]
         return self.revision, kvs

@@ -1,8 +1,10 @@
 """A local mirror of the cluster's keys in etcd: list, then watch from that revision.
 
 Every part reads cluster state from here instead of asking etcd. A broken watch
-is resumed from the last revision seen; a compacted revision forces a re-list;
-and a periodic full re-list catches anything a watch could have missed.
+is resumed from the last revision seen, and so is one quiet for
+``resync_interval``; only a compacted revision forces a re-list (paged, at one
+revision). etcd reports a quiet watch's progress, so that its revision follows
+etcd's even when nothing under the prefix changes.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class ClusterView:
     Args:
         etcd: the etcd facade.
         keys: the key layout (its prefix is what is mirrored).
-        resync_interval: seconds between full re-lists.
+        resync_interval: seconds after which a quiet watch is opened again
+            (resumed from its revision, not re-listed).
         max_backoff: the longest wait (before jitter) between reconnection attempts.
     """
 
@@ -291,6 +294,9 @@ class ClusterView:
         self._bump()
 
     async def _apply(self, events: list[Event], revision: int) -> None:
+        if not events:  # progress: nothing changed up to ``revision``
+            self.revision = max(self.revision, revision)
+            return
         for event in events:
             if event.kind == "delete":
                 self._publish(Change("delete", event.kv, self._delete(event.kv.key)))
@@ -317,7 +323,10 @@ class ClusterView:
                 watched_since = trio.current_time()
                 with trio.move_on_after(self.resync_interval):
                     await self.etcd.watch(self.keys.prefix, self.revision + 1, self._apply)
-                need_list = True  # periodic resync
+                # A watch that was quiet that long is opened again from the revision
+                # seen: a stream that died without a word (a half-open connection)
+                # must not leave the view stale, and resuming costs what changed
+                # since, not a read of the whole cluster.
             except WatchBroken as exc:
                 # Resume from the last revision seen unless it is gone.
                 need_list = need_list or exc.compacted

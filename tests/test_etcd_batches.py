@@ -98,3 +98,30 @@ async def test_unreadable_handoff_state_is_skipped_not_raised(
     await handoff.store("c1")
     assert await etcd.get(keys.handoff("c1")) is None
     assert "handoff state of c1 cannot be read" in caplog.text
+
+
+async def test_a_list_is_read_in_pages_at_the_revision_of_the_first(
+    etcd: Etcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No reply is sized by the cluster: pages of ``page`` keys, each read at the first
+    page's revision, so that writes made between two pages are not half seen."""
+    p = prefix()
+    for start in range(0, 50, 10):
+        await etcd.create_many([(f"{p}k{i:03d}", b"v") for i in range(start, start + 10)])
+    pages: list[int] = []
+    real_call = etcd._call
+
+    async def call_and_write(name: str, fn):  # type: ignore[no-untyped-def]
+        result = await real_call(name, fn)
+        if name == "list":
+            pages.append(len(result[1].kvs))
+            if len(pages) == 1:  # between the first page and the next
+                await real_call("put", lambda c: c.put(f"{p}k000", b"changed"))
+                await real_call("put", lambda c: c.put(f"{p}k999", b"new"))
+        return result
+
+    monkeypatch.setattr(etcd, "_call", call_and_write)
+    revision, kvs = await etcd.list(p, page=7)
+    assert pages == [7, 7, 7, 7, 7, 7, 7, 1], pages
+    assert [kv.key for kv in kvs] == [f"{p}k{i:03d}" for i in range(50)], "sorted, no gap"
+    assert all(kv.value == b"v" for kv in kvs) and revision == kvs[0].mod_revision + 4

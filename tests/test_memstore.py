@@ -100,3 +100,29 @@ async def test_a_watch_breaks_when_the_store_goes_down() -> None:
     with pytest.raises(WatchBroken) as broken:
         await etcd.watch("/", 1, ignore)
     assert broken.value.compacted
+
+
+async def test_a_quiet_watch_is_resumed_not_re_listed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """etcd load proportional to what changes: after the first list, the view never
+    reads the whole prefix again unless a resume is impossible (compaction)."""
+    etcd = MemoryEtcd()
+    view = ClusterView(etcd, KEYS, resync_interval=10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(view.run)
+        await trio.sleep(35)  # three quiet periods
+        await etcd.put(KEYS.claim("web"), encode(Claim(node="n1")))
+        await trio.sleep(1)
+        assert view.claim("web") is not None
+        assert etcd.calls["list"] == 1, "listed once, at the start"
+        assert etcd.calls["watch"] == 4, "opened again after each quiet period"
+        etcd.fail()  # the watch breaks ...
+        await trio.sleep(0.01)
+        etcd.recover()
+        await etcd.put(KEYS.claim("db"), encode(Claim(node="n1")))
+        etcd.compact()  # ... and the revision it would resume from is gone
+        await trio.sleep(2)
+        assert view.claim("db") is not None
+        assert etcd.calls["list"] == 2, "re-listed: nothing else could catch up"
+        nursery.cancel_scope.cancel()
