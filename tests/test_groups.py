@@ -3,6 +3,7 @@ reset-group, retry_after, and delete-group's guard."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -79,16 +80,31 @@ def test_group_fails_cluster_wide_and_reset_brings_it_back(
 
 
 def test_failed_group_retries_after_its_delay(cluster: Cluster, short_tmp: Path) -> None:
+    """retry_after = 3 s: the group stays failed for 3 s (measured on the daemon's
+    clock by the rows' ``since``, and from here by when each state was seen), then
+    runs again."""
+    delay = 3.0
     a = cluster.daemon("a")
     flag = short_tmp / "crash"
     flag.touch()
-    start_group(cluster, a, flag, retry_after=1.0)
-    wait_until(lambda: a.call("groups")[0]["state"] == "failed", 15, "failed")
+    start_group(cluster, a, flag, retry_after=delay)
+    failed = wait_until(lambda: (g := a.call("groups")[0])["state"] == "failed" and g, 15, "failed")
     flag.unlink()
-    group = wait_until(
-        lambda: (g := a.call("groups")[0])["state"] == "running" and g, 10, "retried"
-    )
-    assert group["reason"] == "retried after 1 s"
+    seen_failed = []  # when this test saw it failed, by the wall clock
+
+    def retried() -> dict | None:
+        group = a.call("groups")[0]
+        if group["state"] == "failed":
+            seen_failed.append(time.time())
+            return None
+        return group
+
+    group = wait_until(retried, delay + 10, "retried", interval=0.1)
+    assert group["reason"] == "retried after 3 s"
+    waited = group["since"] - failed["since"]
+    assert delay <= waited < delay + 2, f"retried {waited:.2f} s after it failed"
+    # Still failed shortly before the delay was up (seen from here too).
+    assert max(seen_failed) >= failed["since"] + delay - 1, (seen_failed, failed["since"])
     wait_until(lambda: len(group_children(cluster, "g")) == 9, 15, "running again")
 
 
