@@ -56,6 +56,10 @@ ROWS = [
         "reason": "",
         "rss": int(12.3 * 1024 * 1024),
         "cpu": 1.5,
+        "revision": 7,
+        "ready": True,
+        "health": "healthy",
+        "rollout": "done",
     },
     {
         "id": "batch-7",
@@ -177,6 +181,8 @@ class FakeDaemon(socketserver.ThreadingUnixStreamServer):
     def __init__(self, path: str) -> None:
         self.results: dict[str, Any] = dict(CANNED)
         self.errors: dict[str, tuple[str, str]] = {}
+        # op -> how many of its requests succeed before ``errors`` applies to it
+        self.errors_after: dict[str, int] = {}
         self.streams: dict[str, list[Any]] = {}
         self.requests: list[tuple[str, dict[str, Any]]] = []
         super().__init__(path, Handler)
@@ -190,7 +196,8 @@ class Handler(socketserver.StreamRequestHandler):
             request = json.loads(line)
             op, args = request["op"], request.get("args", {})
             self.server.requests.append((op, args))
-            if op in self.server.errors:
+            done_before = sum(o == op for o, _ in self.server.requests) - 1
+            if op in self.server.errors and done_before >= self.server.errors_after.get(op, 0):
                 code, message = self.server.errors[op]
                 reply = protocol.error(request["id"], code, message)
             elif op in self.server.streams:
@@ -372,13 +379,19 @@ def test_start_children_splits_a_big_file_and_reports_conflicts(
 def test_start_children_invalid_spec_is_named_by_its_place_in_the_file(
     daemon: FakeDaemon, tmp_path: Path
 ) -> None:
+    """The daemon names a spec by its place in its request; the second request of a
+    file starts at spec 1000, so its specs[3] is the file's specs[1003]."""
+    daemon.results["start_children"] = {"stored": 1000, "conflicts": []}
     daemon.errors["start_children"] = ("invalid", "specs[3].argv: Expected `array`")
+    daemon.errors_after["start_children"] = 1  # the first batch is stored
     path = tmp_path / "specs.json"
-    path.write_text(json.dumps([{"id": f"c{i}", "argv": ["true"]} for i in range(1500)]))
+    path.write_text(json.dumps([{"id": f"c{i}", "argv": ["true"]} for i in range(2500)]))
     result = run(daemon, "start-children", str(path))
     assert result.exit_code == 2
-    assert "specs[3].argv" in result.stderr
-    assert len(daemon.requests) == 1  # nothing more is sent after an invalid request
+    assert "specs[1003].argv: Expected `array`" in result.stderr, result.stderr
+    assert "specs[3]" not in result.stderr
+    # The second request was the invalid one; nothing is sent after it.
+    assert [args["specs"][0]["id"] for _, args in daemon.requests] == ["c0", "c1000"]
 
 
 @pytest.mark.parametrize(
@@ -487,10 +500,16 @@ def test_which_children_table(daemon: FakeDaemon) -> None:
     assert daemon.requests == [("which_children", {"local": True, "group": "front"})]
     header, web, batch = result.stdout.splitlines()
     assert header.split() == [
-        *("ID", "NODE", "PID", "STATE", "RESTARTS", "RSS", "CPU", "UPTIME", "REASON")
+        *("ID", "NODE", "PID", "STATE", "READY", "HEALTH", "REV", "RESTARTS", "RSS", "CPU"),
+        *("UPTIME", "REASON"),
     ]
-    assert web.split() == ["web", "node2", "4242", "running", "1", "12.3M", "1.5%", "1h01m", "-"]
-    assert batch.split()[:8] == ["batch-7", "-", "-", "pending", "0", "-", "-", "-"]
+    assert web.split() == [
+        *("web", "node2", "4242", "running", "yes", "healthy", "7", "1", "12.3M", "1.5%"),
+        *("1h01m", "-"),
+    ]
+    assert batch.split()[:11] == [
+        *("batch-7", "-", "-", "pending", "-", "-", "-", "0", "-", "-", "-")
+    ]
     assert "no node online" in batch
 
 
