@@ -110,13 +110,20 @@ class DesiredState:
                 # New specs are placed (and so started) in ``specs``' order.
                 wanted = set(todo)
                 todo = [i for i in specs if i in wanted] + [i for i in todo if i not in specs]
+        # Eligible nodes per distinct need (labels, restricted group): computed once
+        # a pass, not once a child (a pass over every node for each of 100,000).
+        eligible: dict[tuple[object, ...], frozenset[str]] = {}
         for child_id in todo:
             spec = specs.get(child_id)
             if spec is None or blocked(spec, inputs.groups):
                 self._placed.pop(child_id, None)
                 continue
             group = inputs.groups.get(spec.group) if spec.group else None
-            owners = self.placer.owners(spec, inputs.nodes, group)
+            need = self.placer.needs(spec, group)
+            among = eligible.get(need)
+            if among is None:
+                among = eligible[need] = self.placer.eligible(spec, inputs.nodes, group)
+            owners = self.placer.owners(spec, inputs.nodes, group, among)
             self._placed[child_id] = [Instance(spec, r, node) for r, node in enumerate(owners)]
         return self.placed
 

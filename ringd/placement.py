@@ -84,11 +84,25 @@ class Placer:
         )
 
     def owners(
-        self, spec: ChildSpec, nodes: Mapping[str, NodeInfo], group: GroupRecord | None
+        self,
+        spec: ChildSpec,
+        nodes: Mapping[str, NodeInfo],
+        group: GroupRecord | None,
+        eligible: frozenset[str] | None = None,
     ) -> list[str]:
         """The nodes of the child's instances, master first (fewer than ``replicas``
-        when fewer nodes are eligible: the child is degraded)."""
-        return self.ring(self.eligible(spec, nodes, group)).owners(spec.id, spec.replicas)
+        when fewer nodes are eligible: the child is degraded). ``eligible``: the
+        nodes ``eligible`` gives, when the caller already knows them."""
+        if eligible is None:
+            eligible = self.eligible(spec, nodes, group)
+        return self.ring(eligible).owners(spec.id, spec.replicas)
+
+    @staticmethod
+    def needs(spec: ChildSpec, group: GroupRecord | None) -> tuple[object, ...]:
+        """What ``eligible`` depends on besides the nodes: equal needs, equal sets
+        (most children need nothing: one set for all of them)."""
+        restricted = group is not None and group.spec.restricted
+        return (tuple(sorted(spec.on.items())), spec.group if restricted else None)
 
     @staticmethod
     def why_unplaced(
