@@ -16,6 +16,7 @@ import pytest
 from etcd3 import etcdrpc
 
 from .faultproxy import FaultProxy
+from .helpers import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -154,6 +155,7 @@ def test_stall_stalls_etcds_existing_grpc_connection(etcd_url: str) -> None:
             stop.wait()
 
         got: list[bytes] = []
+        created = threading.Event()  # etcd answered the create request: the watch is on
         try:
             client.put(key, b"1")
             assert client.get(key)[0] == b"1"
@@ -162,11 +164,13 @@ def test_stall_stalls_etcds_existing_grpc_connection(etcd_url: str) -> None:
             def read() -> None:
                 with contextlib.suppress(grpc.RpcError):
                     for response in call:
+                        if response.created:
+                            created.set()
                         got.extend(e.kv.value for e in response.events)
 
             reader = threading.Thread(target=read, daemon=True)
             reader.start()
-            time.sleep(0.2)  # the watch is created
+            assert created.wait(10), "etcd created the watch"
             assert proxy.accepted == 1, "one long-lived connection"
             proxy.stall()
             started = time.monotonic()
@@ -177,9 +181,7 @@ def test_stall_stalls_etcds_existing_grpc_connection(etcd_url: str) -> None:
             time.sleep(0.5)
             assert got == [], "no watch event crosses a stall"
             proxy.heal()
-            deadline = time.monotonic() + 5
-            while not got and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: got, 5, "the held event", interval=0.01)
             assert got == [b"2"], "the held event arrives on the same stream"
             assert client.get(key)[0] == b"2"
             assert proxy.accepted == 1, "the same connection carried on"
