@@ -10,12 +10,15 @@ import click
 from rich.markup import escape
 from rich.text import Text
 
+from ringd.protocol import RemoteError
+
 from .app import (
     EXIT_ERROR,
     CtlError,
     allow_wait,
     call,
     cli,
+    daemon_errors,
     emit,
     json_option,
     pass_client,
@@ -38,12 +41,31 @@ from .format import (
     warn_line,
     warning_line,
 )
-from .specs import parse_env, read_specs, shift_spec_index, spec_batches
+from .specs import (
+    child_options,
+    child_spec,
+    file_format,
+    read_specs_file,
+    shift_spec_index,
+    spec_batches,
+)
 
 if TYPE_CHECKING:
     from ringd.protocol import Client
 
 # -- formatters ----------------------------------------------------------------------
+
+# A health check's verdict, coloured as states are ("" without a check).
+HEALTH_STYLES = {"healthy": "green", "starting": "yellow", "unhealthy": "red"}
+
+
+def health_text(health: str | None) -> Text:
+    return Text(dash(health), style=HEALTH_STYLES.get(health or "", ""))
+
+
+def yes_no(value: Any) -> str:
+    """``ready``: yes or no; ``-`` when the row has none (no claim)."""
+    return "-" if not isinstance(value, bool) else "yes" if value else "no"
 
 
 def show_started(row: dict[str, Any]) -> None:
@@ -57,8 +79,9 @@ def show_started(row: dict[str, Any]) -> None:
 
 def show_stored(result: dict[str, Any], wait: bool) -> None:
     one_line(f"{result['stored']} children stored" + (", all running" if wait else ""))
-    for child_id in result["conflicts"]:
-        error_line(f"ringctl: child {escape(child_id)} already exists with another spec")
+    for name in result["conflicts"]:
+        what = name if name.startswith("group ") else f"child {name}"  # ids have no spaces
+        error_line(f"ringctl: {escape(what)} already exists with another spec")
 
 
 def show_child(row: dict[str, Any]) -> None:
@@ -77,12 +100,16 @@ def show_child(row: dict[str, Any]) -> None:
             ("group", row.get("group")),
             ("reason", row.get("reason")),
             ("fence", row.get("fence")),
+            ("revision", row.get("revision")),
+            ("ready", yes_no(row.get("ready"))),
+            ("health", row.get("health")),
+            ("rollout", row.get("rollout")),
             ("argv", shlex.join(argv) if isinstance(argv, list) else argv),
         ]
     )
     instances = row.get("instances") or []
     if len(instances) > 1:
-        table = listing("INSTANCE", "ROLE", "NODE", "PID", "STATE", "REASON")
+        table = listing("INSTANCE", "ROLE", "NODE", "PID", "STATE", "HEALTH", "REV", "REASON")
         for inst in instances:
             table.add_row(
                 Text(dash(inst.get("instance"))),
@@ -90,6 +117,8 @@ def show_child(row: dict[str, Any]) -> None:
                 Text(dash(inst.get("node"))),
                 dash(inst.get("pid")),
                 state_text(inst.get("state")),
+                health_text(inst.get("health")),
+                dash(inst.get("revision")),
                 Text(dash(inst.get("reason"))),
             )
         show(table)
@@ -103,8 +132,9 @@ def show_children(rows: list[dict[str, Any]]) -> None:
         dim_line("no children")
         return
     table = listing(
-        "ID", "NODE", "PID", "STATE", "RESTARTS", "RSS", "CPU", "UPTIME", "REASON",
-        right=("PID", "RSS", "CPU"),
+        "ID", "NODE", "PID", "STATE", "READY", "HEALTH", "REV", "RESTARTS", "RSS", "CPU",
+        "UPTIME", "REASON",
+        right=("PID", "REV", "RSS", "CPU"),
     )  # fmt: skip
     for row in rows:
         table.add_row(
@@ -112,6 +142,9 @@ def show_children(rows: list[dict[str, Any]]) -> None:
             Text(dash(row.get("node"))),
             dash(row.get("pid")),
             state_text(row.get("state")),
+            yes_no(row.get("ready")),
+            health_text(row.get("health")),
+            dash(row.get("revision")),
             dash(row.get("restarts")),
             human_bytes(row.get("rss")),
             percent(row.get("cpu")),
@@ -151,47 +184,7 @@ def show_signalled(row: dict[str, Any], child_id: str, sig: str) -> None:
 @cli.command("start-child")
 @click.argument("child_id", metavar="ID")
 @click.argument("argv", nargs=-1, required=True, metavar="-- CMD [ARGS]...")
-@click.option(
-    "--restart",
-    type=click.Choice(["permanent", "transient", "temporary"]),
-    help="Restart policy (daemon default: permanent).",
-)
-@click.option(
-    "--env",
-    "env",
-    multiple=True,
-    metavar="K=V",
-    help="Environment variable for the child (repeatable).",
-)
-@click.option("--cwd", metavar="DIR", help="Working directory (absolute).")
-@click.option(
-    "--group", metavar="G", shell_complete=complete_group, help="Group the child belongs to."
-)
-@click.option(
-    "--max-restarts", type=int, metavar="N", help="Give up after N restarts within --max-seconds."
-)
-@click.option("--max-seconds", type=float, metavar="S", help="The window --max-restarts counts in.")
-@click.option("--stop-signal", metavar="SIG", help="Signal that asks it to stop (e.g. TERM).")
-@click.option("--stop-timeout", type=float, metavar="S", help="Seconds before SIGKILL.")
-@click.option(
-    "--replicas",
-    type=click.IntRange(1, 32),
-    metavar="N",
-    help="Run N instances on N distinct nodes (the first is the master).",
-)
-@click.option(
-    "--on",
-    "on",
-    multiple=True,
-    metavar="K=V",
-    help="Node affinity: only nodes labelled K=V (repeatable: all must match).",
-)
-@click.option(
-    "--handoff",
-    is_flag=True,
-    default=None,
-    help="Hand state to the next instance via $RINGD_HANDOFF_FILE when it moves.",
-)
+@child_options
 @wait_options("it runs somewhere")
 @json_option
 @pass_client
@@ -200,7 +193,6 @@ def start_child(
     /,
     child_id: str,
     argv: tuple[str, ...],
-    env: tuple[str, ...],
     wait: bool,
     timeout: float,
     **options: Any,
@@ -209,12 +201,7 @@ def start_child(
 
     The command goes after `--`, e.g. `ringctl start-child web -- python -m http.server`.
     """
-    spec: dict[str, Any] = {"id": child_id, "argv": list(argv)}
-    if env:
-        spec["env"] = parse_env(env)
-    if on := options.pop("on"):
-        spec["on"] = parse_env(on, "--on")
-    spec.update({key: value for key, value in options.items() if value is not None})
+    spec = child_spec(child_id, argv, options)
     allow_wait(client, wait, timeout)
     result = call(client, "start_child", spec=spec, wait=wait, timeout=timeout)
     for warning in result.get("warnings", []):
@@ -241,14 +228,25 @@ def start_children(
 
     A TOML file has one [[child]] table per child, with the fields of start-child:
     id, argv, restart, env, cwd, group, max_restarts, max_seconds, stop_signal,
-    stop_timeout, replicas, on, handoff. Nothing is stored if any spec is invalid
-    (a request holds up to 1,000 specs and 1 MiB; bigger files go in several). A child already
-    stored with another spec is a conflict: the others are still started.
+    stop_timeout, replicas, on, handoff, min_ready, check, check_interval,
+    check_timeout, check_failures; and one [[group]] table per group, with the
+    fields of create-group (name, strategy, ...), created first. Nothing is stored
+    if any spec is invalid (a request holds up to 1,000 specs and 1 MiB; bigger
+    files go in several). A child or group already stored with another spec is a
+    conflict: the others are still started. To change stored specs, see apply.
     """
-    fmt = fmt or ("json" if file.name.endswith(".json") else "toml")
-    specs = read_specs(file.read(), fmt)
+    found = read_specs_file(file.read(), file_format(file.name, fmt))
+    specs = found.children
     allow_wait(client, wait, timeout)
     result: dict[str, Any] = {"stored": 0, "conflicts": []}
+    for index, group in enumerate(found.groups):
+        with daemon_errors(client):
+            try:
+                client.call("create_group", spec=group)
+            except RemoteError as exc:
+                if exc.code != "exists":  # an invalid group: nothing more is stored
+                    raise RemoteError(exc.code, f"group {index + 1}: {exc.message}") from None
+                result["conflicts"].append(f"group {group.get('name')}")
     for start, chunk in spec_batches(specs):
         try:
             part = call(client, "start_children", specs=chunk, wait=wait, timeout=timeout)

@@ -11,6 +11,7 @@ from rich.text import Text
 from .app import call, cli, emit, json_option, pass_client
 from .completion import complete_group
 from .format import ago, dash, dim_line, listing, number, one_line, show, state_text
+from .specs import group_options, group_spec
 
 if TYPE_CHECKING:
     from ringd.protocol import Client
@@ -71,48 +72,12 @@ def show_reset(row: dict[str, Any], name: str) -> None:
 
 @cli.command("create-group")
 @click.argument("name", metavar="G")
-@click.option(
-    "--strategy",
-    type=click.Choice(["one_for_one", "one_for_all", "rest_for_one"]),
-    help="Who restarts with a failed child (daemon default: one_for_one).",
-)
-@click.option(
-    "--max-restarts",
-    type=int,
-    metavar="N",
-    help="Restarts allowed within --max-seconds before the group fails (default 3).",
-)
-@click.option(
-    "--max-seconds", type=float, metavar="T", help="The window --max-restarts counts in (5)."
-)
-@click.option(
-    "--restart-delay",
-    type=float,
-    metavar="S",
-    help="Wait before a restart, doubling per consecutive one (0: at once).",
-)
-@click.option(
-    "--restart-delay-max", type=float, metavar="S", help="The most --restart-delay grows to (30)."
-)
-@click.option(
-    "--retry-after",
-    type=float,
-    metavar="S",
-    help="Retry a group failed cluster-wide after S seconds (default: wait for reset-group).",
-)
-@click.option(
-    "--restricted",
-    is_flag=True,
-    default=None,
-    help="Run only on nodes whose config lists this group.",
-)
+@group_options
 @json_option
 @pass_client
 def create_group(client: Client, /, name: str, **options: Any) -> None:
     """Create a group of children supervised together (like an OTP supervisor)."""
-    spec: dict[str, Any] = {"name": name}
-    spec.update({key: value for key, value in options.items() if value is not None})
-    result = call(client, "create_group", spec=spec)
+    result = call(client, "create_group", spec=group_spec(name, options))
     emit(result, lambda row: show_created(row, name))
 
 

@@ -11,6 +11,7 @@ from . import (  # noqa: F401 - imported for their commands
     commands_children,
     commands_groups,
     commands_nodes,
+    commands_specs,
     commands_streams,
     completion,
 )
