@@ -217,12 +217,19 @@ class Hooks:
             )
 
         process: trio.Process | None = None
+        failed: list[BaseException] = []
         try:
             with trio.move_on_after(self.timeout) as scope:
                 async with trio.open_nursery() as nursery:
                     process = await nursery.start(run)
-        except OSError as exc:
-            logger.warning("hook %s could not run: %s", hook.name, exc.strerror or exc)
+        except* OSError as group:
+            # Raised from inside the nursery, so in a group: an except OSError
+            # missed it, and a hook that could not be executed ended the daemon.
+            failed = list(group.exceptions)
+        if failed:
+            exc = failed[0]
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            logger.warning("hook %s could not run: %s", hook.name, why)
             return
         if scope.cancelled_caught:
             # Also when the hook itself had exited but left a process holding its

@@ -329,13 +329,6 @@ def test_watch_of_nodes_only_and_of_children_only(cluster: Cluster) -> None:
 # -- hooks -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a hook that cannot be executed (here a script whose interpreter does not "
-    "exist) takes the daemon down: Hooks._run catches OSError, but trio raises it inside an "
-    "ExceptionGroup from the nursery it opens (ringd/hooks.py); README and hooks.py promise "
-    "such a hook is logged and never disturbs the daemon",
-)
 def test_a_hook_that_cannot_be_executed_is_logged_and_the_daemon_goes_on(
     cluster: Cluster, short_tmp: Path
 ) -> None:
