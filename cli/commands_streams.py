@@ -11,7 +11,7 @@ import click
 
 from .app import as_json, call, cli, daemon_errors, emit, json_option, pass_client, stream_events
 from .completion import complete_child_id
-from .format import live_display, on_terminal, text_line
+from .format import live_display, now_rfc3339, on_terminal, text_line
 from .live import LiveTable
 
 if TYPE_CHECKING:
@@ -50,6 +50,14 @@ def show_event(event: dict[str, Any] | None) -> None:
 
 def echo_json(item: Any) -> None:
     click.echo(json.dumps(item))
+
+
+def echo_event_json(event: Any) -> None:
+    """A watch event as one JSON line, with ``time`` (RFC 3339, UTC): the daemon's
+    when it sends one, else the moment ringctl received the event."""
+    if isinstance(event, dict) and "time" not in event:
+        event = {**event, "time": now_rfc3339()}
+    echo_json(event)
 
 
 # -- commands ------------------------------------------------------------------------
@@ -94,11 +102,11 @@ def watch(client: Client, what: str) -> None:
     """Stream changes as they happen: node_update events, children, or all.
 
     On a terminal, a live table of every node and child, updated in place; one
-    JSON object per line with --json; a timestamped line per change when the
-    output is not a terminal (a pipe, a file).
+    JSON object per line with --json, its "time" in RFC 3339 UTC; a timestamped
+    line per change when the output is not a terminal (a pipe, a file).
     """
     if as_json():
-        stream_events(client, echo_json, "watch", what=what)
+        stream_events(client, echo_event_json, "watch", what=what)
     elif on_terminal():
         live_watch(client, what)
     else:

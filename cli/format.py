@@ -4,13 +4,19 @@ the one palette of states (``STATE_STYLES``) that the commands and the live view
 
 Printing goes through the functions here, which look ``console`` and ``err_console``
 up when they run: replacing them here (the tests do) redirects all of ringctl.
+
+When stdout is not a terminal (a pipe, a file) nothing is laid out for a page:
+a table is its header line and one line per row, the cells separated by a tab,
+with no padding, wrapping or cropping (``ringctl which-children | grep web``
+shows the whole row), and a line of text is never wrapped.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -101,6 +107,12 @@ def number(value: Any) -> str:
     return dash(value)
 
 
+def now_rfc3339() -> str:
+    """Now in RFC 3339, UTC, to the millisecond (``2024-05-01T12:00:00.123Z``), as the
+    daemon writes times."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 # -- states --------------------------------------------------------------------------
 
 # The colour of a child's, group's or node's state, wherever ringctl shows one.
@@ -130,9 +142,32 @@ def state_text(state: str | None) -> Text:
 # -- printing ------------------------------------------------------------------------
 
 
+def on_terminal() -> bool:
+    """Whether stdout is a terminal (rich's view of it)."""
+    return console.is_terminal
+
+
+def _raw_line(to: Console, line: str) -> None:
+    """``line`` exactly as given (rich would expand its tabs), then a newline."""
+    to.file.write(line + "\n")
+    to.file.flush()
+
+
+def _cell(value: Any) -> str:
+    """A cell as the plain text a table shows (a ``str`` cell is markup, as in rich),
+    on one line and without tabs: one row stays one line of tab-separated fields."""
+    if isinstance(value, Text):
+        text = value.plain
+    elif isinstance(value, str):
+        text = console.render_str(value, highlight=False).plain
+    else:
+        text = dash(value)
+    return " ".join(text.split()) if any(c in text for c in "\t\n\r\v\f") else text
+
+
 def one_line(line: str) -> None:
     """One line of rich markup (callers escape what they did not write)."""
-    console.print(line, highlight=False)
+    console.print(line, highlight=False, soft_wrap=not console.is_terminal)
 
 
 def text_line(text: str) -> None:
@@ -142,16 +177,16 @@ def text_line(text: str) -> None:
 
 def dim_line(text: str) -> None:
     """A line that says there is nothing to show (``no children``)."""
-    console.print(text, style="dim")
+    console.print(text, style="dim", soft_wrap=not console.is_terminal)
 
 
 def warn_line(text: str) -> None:
-    console.print(text, style="yellow")
+    console.print(text, style="yellow", soft_wrap=not console.is_terminal)
 
 
 def error_line(line: str) -> None:
     """One line of rich markup on stderr."""
-    err_console.print(line, highlight=False)
+    err_console.print(line, highlight=False, soft_wrap=not err_console.is_terminal)
 
 
 def warning_line(message: str) -> None:
@@ -166,14 +201,22 @@ def fatal_line(message: str) -> None:
     err_console.print(Text(f"ringctl: {message}", style="red"), soft_wrap=True, highlight=False)
 
 
+def fatal_json(code: str, message: str) -> None:
+    """The error of a ``--json`` command on stderr, one line:
+    ``{"error": {"code": ..., "message": ...}}``, as the daemon's replies carry it."""
+    _raw_line(err_console, json.dumps({"error": {"code": code, "message": message}}))
+
+
 def show(renderable: Any) -> None:
-    """A table (or any rich renderable) on stdout."""
+    """A table (or any rich renderable) on stdout; a table into a pipe or a file is
+    tab-separated lines (its header, then one line per row)."""
+    if isinstance(renderable, Table) and not console.is_terminal:
+        columns = renderable.columns
+        _raw_line(console, "\t".join(_cell(column.header) for column in columns))
+        for row in zip(*(column.cells for column in columns), strict=True):
+            _raw_line(console, "\t".join(_cell(cell) for cell in row))
+        return
     console.print(renderable)
-
-
-def on_terminal() -> bool:
-    """Whether stdout is a terminal (rich's view of it)."""
-    return console.is_terminal
 
 
 def live_display(renderable: Any) -> Live:
@@ -182,6 +225,11 @@ def live_display(renderable: Any) -> Live:
 
 
 def key_values(pairs: list[tuple[str, Any]]) -> None:
+    """``key  value`` lines, aligned; ``key<TAB>value`` into a pipe or a file."""
+    if not console.is_terminal:
+        for key, value in pairs:
+            _raw_line(console, f"{_cell(key)}\t{_cell(Text(dash(value)))}")
+        return
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
@@ -192,7 +240,8 @@ def key_values(pairs: list[tuple[str, Any]]) -> None:
 
 def listing(*columns: str, right: tuple[str, ...] = ()) -> Table:
     """A borderless table with bold headers; the ``right`` columns right-justified.
-    Narrow pages fold cells rather than crop them: nothing is lost."""
+    Narrow terminals fold cells rather than crop them: nothing is lost (and ``show``
+    prints it unlaid-out into a pipe)."""
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in columns:
         table.add_column(name, overflow="fold", justify="right" if name in right else "left")
