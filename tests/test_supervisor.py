@@ -229,11 +229,14 @@ async def test_restart_delay_is_applied(h: Harness) -> None:
 
 
 async def test_stop_escalates_to_sigkill_and_signals_the_group(h: Harness) -> None:
+    trapped = h.tmp / "trapped"
     stubborn = h.start(
-        "stubborn", ["sh", "-c", "trap '' TERM; sleep 600 & wait; sleep 600"], stop_timeout=0.3
+        "stubborn",
+        ["sh", "-c", f"trap '' TERM; touch {trapped}; sleep 600 & wait; sleep 600"],
+        stop_timeout=0.3,
     )
     pid = await until(lambda: running_pid(stubborn))
-    await trio.sleep(0.1)  # let the shell set its trap
+    await until(trapped.exists, what="the shell's trap set")
     started = time.monotonic()
     await h.sup.stop("stubborn")
     assert 0.3 <= time.monotonic() - started < 3
@@ -268,8 +271,13 @@ async def test_shutdown_waits_within_a_group_not_across_groups(h: Harness) -> No
             return f"echo {what} {name} $(date +%s%N) >> {journal}"
 
         on_term = f"{record('term')}; sleep 0.3; {record('exit')}; exit 0"
+        trapped = h.tmp / f"{name}.trapped"
         # Single quotes: $(date) runs when the signal comes, not when the trap is set.
-        return ["sh", "-c", f"trap '{on_term}' TERM; while :; do sleep 1 & wait $!; done"]
+        return [
+            "sh",
+            "-c",
+            f"trap '{on_term}' TERM; touch {trapped}; while :; do sleep 1 & wait $!; done",
+        ]
 
     group = GroupSpec(name="g")
     children = [
@@ -280,7 +288,8 @@ async def test_shutdown_waits_within_a_group_not_across_groups(h: Harness) -> No
     ]
     for child in children:
         await until(lambda c=child: running_pid(c), what=f"{child.id} running")
-    await trio.sleep(0.2)  # let the shells set their traps
+        trapped = h.tmp / f"{child.id}.trapped"
+        await until(trapped.exists, what=f"{child.id}'s trap set")
     released = []
     await h.sup.stop_all(then=lambda child: released.append(child.id))
     assert sorted(released) == ["g1", "g2", "solo1", "solo2"] and not h.sup.children
@@ -354,21 +363,26 @@ async def test_log_rotation_keeps_the_bound(tmp_path: Path, nursery: trio.Nurser
         ChildSpec(id="chatty", argv=[sys.executable, "-c", code], restart="temporary"), fence=1
     )
     biggest = 0
+    last_line = "line 039999 " + "x" * 20
+    log = tmp_path / "logs" / "chatty.log"
+
+    def drained() -> bool:
+        """The child has exited and the pump has written its last line."""
+        try:
+            return child.state == State.STOPPED and log.read_text().rstrip().endswith(last_line)
+        except FileNotFoundError:  # between a rotation and the next write
+            return False
+
     with trio.fail_after(20):
-        while (
-            child.state != State.STOPPED or (tmp_path / "logs" / "chatty.log").stat().st_size == 0
-        ):
+        while not drained():
             for path in (tmp_path / "logs").glob("chatty.log*"):
                 biggest = max(biggest, path.stat().st_size)
             await trio.sleep(0.005)
-        await trio.sleep(0.3)  # the pump drains the pipe after the exit
     files = sorted(p.name for p in (tmp_path / "logs").glob("chatty.log*"))
     assert files == ["chatty.log", "chatty.log.1", "chatty.log.2"]
     sizes = [(tmp_path / "logs" / f).stat().st_size for f in files]
     assert max([*sizes, biggest]) <= bound
-    assert (
-        (tmp_path / "logs" / "chatty.log").read_text().rstrip().endswith("line 039999 " + "x" * 20)
-    )
+    assert log.read_text().rstrip().endswith(last_line)
 
 
 def test_intensity_window_is_exact() -> None:
@@ -522,9 +536,15 @@ async def test_a_failing_health_check_restarts_the_child_counted_by_intensity(
 async def test_ready_only_after_min_ready_and_a_first_passing_check(h: Harness) -> None:
     gate = h.tmp / "gate"
     check = ["sh", "-c", f"test -e {gate}"]
+    started = trio.current_time()
     child = h.start("web", SLEEP, check=check, check_interval=0.1, min_ready=0.3)
-    await trio.sleep(0.5)  # past min_ready, but no check has passed
-    assert not child.ready and child.health == "unhealthy"
+    # Past min_ready, and a check has run and failed (not a fixed sleep: on a busy
+    # machine the first check may not have run 0.5 s after the start).
+    await until(
+        lambda: trio.current_time() - started >= 0.3 and child.health == "unhealthy",
+        what="a failed check past min_ready",
+    )
+    assert not child.ready
     gate.touch()
     await until(lambda: child.ready, what="ready")
     assert child.health == "healthy"
