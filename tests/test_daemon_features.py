@@ -260,12 +260,6 @@ def test_logs_follow_goes_on_across_log_rotation(cluster: Cluster, short_tmp: Pa
         assert line.startswith("line ") and line.endswith("x" * 88), f"garbled: {line!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: logs_follow (ringd/ops/streams.py) switches to the new file when it sees "
-    "a rotation without reading the rest of the old one: the lines written between its "
-    "last look (every 0.2 s) and the rotation are never shown",
-)
 def test_logs_follow_loses_no_line_across_log_rotation(cluster: Cluster, short_tmp: Path) -> None:
     lines, _ = follow_chatty_child(cluster, short_tmp)
     assert numbers(lines) == list(range(LINES))

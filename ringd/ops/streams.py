@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
@@ -30,35 +31,59 @@ async def logs(ctx: Context, args: LogsArgs) -> LogLines:
 
 
 async def logs_follow(ctx: Context, args: LogsArgs) -> AsyncGenerator[str, None]:
-    """The last lines, then every new line as it is written (across rotations)."""
+    """The last lines, then every new line as it is written (across rotations).
+
+    Follows the open file, not its name: at a rotation the rest of the old file
+    (renamed ``.1``) is read to its end before the new one is opened, so no line
+    written between two looks is lost."""
     child = local_child(ctx, args.id)
     path = ctx.supervisor.log_path(child.id)
     for last in await trio.to_thread.run_sync(tail, path, args.lines):
         yield last
-    position = path.stat().st_size if path.exists() else 0
-    inode = path.stat().st_ino if path.exists() else None
+    log: BinaryIO | None = None
     partial = b""
-    while True:
-        await trio.sleep(_FOLLOW_POLL)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        if st.st_ino != inode or st.st_size < position:
-            inode, position = st.st_ino, 0  # rotated
-        if st.st_size == position:
-            continue
-        data = await trio.to_thread.run_sync(_read_from, path, position)
-        position += len(data)
-        *complete, partial = (partial + data).split(b"\n")
-        for line in complete:
-            yield line.decode(errors="replace")
+    try:
+        log = _open(path)
+        if log is not None:
+            log.seek(0, os.SEEK_END)
+        while True:
+            await trio.sleep(_FOLLOW_POLL)
+            if log is None:
+                log = _open(path)
+                if log is None:
+                    continue
+            rotated = _rotated(path, log)
+            data = await trio.to_thread.run_sync(log.read)  # the rest, even if rotated
+            *complete, partial = (partial + data).split(b"\n")
+            for line in complete:
+                yield line.decode(errors="replace")
+            if rotated:
+                log.close()
+                log = _open(path)
+    finally:
+        if log is not None:
+            log.close()
 
 
-def _read_from(path: Path, position: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(position)
-        return f.read()
+def _open(path: Path) -> BinaryIO | None:
+    """The log opened for reading (kept open across polls: closed by the caller)."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        return None
+
+
+def _rotated(path: Path, log: BinaryIO) -> bool:
+    """The name now points to another file (rotated), or the file was truncated."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False  # between the rename and the new file: look again next time
+    if st.st_ino != os.fstat(log.fileno()).st_ino:
+        return True
+    if st.st_size < log.tell():
+        log.seek(0)  # truncated in place: read it from the start
+    return False
 
 
 async def watch(ctx: Context, args: WatchArgs) -> AsyncGenerator[dict[str, Any], None]:
