@@ -20,8 +20,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from .helpers import wait_until
 
 if TYPE_CHECKING:
