@@ -78,7 +78,11 @@ def show_started(row: dict[str, Any]) -> None:
 
 
 def show_stored(result: dict[str, Any], wait: bool) -> None:
-    one_line(f"{result['stored']} children stored" + (", all running" if wait else ""))
+    stored = result["stored"]
+    one_line(
+        f"{stored} {'child' if stored == 1 else 'children'} stored"
+        + (", all running" if wait else "")
+    )
     for name in result["conflicts"]:
         what = name if name.startswith("group ") else f"child {name}"  # ids have no spaces
         error_line(f"ringctl: {escape(what)} already exists with another spec")

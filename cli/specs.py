@@ -331,5 +331,6 @@ def spec_batches(specs: list[Any]) -> Iterator[tuple[int, list[Any]]]:
 
 
 def shift_spec_index(message: str, offset: int) -> str:
-    """``specs[3].argv: ...`` of a request that began at spec ``offset`` of a file."""
-    return re.sub(r"specs\[(\d+)\]", lambda m: f"specs[{int(m[1]) + offset}]", message, count=1)
+    """``child 3 (id web): ...`` of a request that began at spec ``offset`` of a file:
+    the child's place in the whole file (every line of a multi-line message)."""
+    return re.sub(r"\bchild (\d+)\b", lambda m: f"child {int(m[1]) + offset}", message)

@@ -380,16 +380,22 @@ def test_start_children_invalid_spec_is_named_by_its_place_in_the_file(
     daemon: FakeDaemon, tmp_path: Path
 ) -> None:
     """The daemon names a spec by its place in its request; the second request of a
-    file starts at spec 1000, so its specs[3] is the file's specs[1003]."""
+    file starts at spec 1000, so its child 4 is the file's child 1004."""
     daemon.results["start_children"] = {"stored": 1000, "conflicts": []}
-    daemon.errors["start_children"] = ("invalid", "specs[3].argv: Expected `array`")
+    daemon.errors["start_children"] = (
+        "invalid",
+        "2 problems in the specs, nothing changed:\n"
+        "  child 4 (id c1003): argv: must be a list, not a string\n"
+        "  child 14 (id c1013): argv: must be a list, not a string",
+    )
     daemon.errors_after["start_children"] = 1  # the first batch is stored
     path = tmp_path / "specs.json"
     path.write_text(json.dumps([{"id": f"c{i}", "argv": ["true"]} for i in range(2500)]))
     result = run(daemon, "start-children", str(path))
     assert result.exit_code == 2
-    assert "specs[1003].argv: Expected `array`" in result.stderr, result.stderr
-    assert "specs[3]" not in result.stderr
+    assert "child 1004 (id c1003): argv: must be a list" in result.stderr, result.stderr
+    assert "child 1014 (id c1013): argv: must be a list" in result.stderr, result.stderr
+    assert "child 4 " not in result.stderr
     # The second request was the invalid one; nothing is sent after it.
     assert [args["specs"][0]["id"] for _, args in daemon.requests] == ["c0", "c1000"]
 
@@ -847,5 +853,11 @@ def test_spec_batches_split_by_count_and_by_size() -> None:
 
 
 def test_shift_spec_index_names_the_place_in_the_file() -> None:
-    assert specs.shift_spec_index("specs[3].argv: bad", 2000) == "specs[2003].argv: bad"
+    assert specs.shift_spec_index("child 3 (id x): argv: bad", 2000) == (
+        "child 2003 (id x): argv: bad"
+    )
+    two = "2 problems:\n  child 1 (id a): argv: bad\n  child 9 (id b): env.A: bad"
+    assert specs.shift_spec_index(two, 1000) == (
+        "2 problems:\n  child 1001 (id a): argv: bad\n  child 1009 (id b): env.A: bad"
+    )
     assert specs.shift_spec_index("specs: must be a list", 1000) == "specs: must be a list"

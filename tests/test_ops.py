@@ -21,6 +21,7 @@ from ringd.errors import (
     AlreadyExists,
     CannotRun,
     InvalidSpec,
+    InvalidSpecs,
     NotFound,
     Refused,
     RingdError,
@@ -340,13 +341,30 @@ async def test_start_child_answers_a_just_created_child_before_the_view_has_it(
 async def test_start_children_names_the_bad_spec_by_its_index(ops: Ops) -> None:
     good = sleeper("ok")
     for specs, message in [
-        ([good, "ls"], "specs[1].spec: must be an object"),
-        ([good, {"id": "bad", "argv": []}], "specs[1].argv: "),
-        ([good, good], "specs[1].id: 'ok' appears twice"),
-        ([sleeper("ok", env={"RINGD_NODE": "x"})], "specs[0].env.RINGD_NODE: "),
-        ([sleeper(f"c{i}") for i in range(MAX_BATCH + 1)], "specs: must be a list of 1 to"),
+        ([good, "ls"], "child 2: child: must be a table"),
+        ([good, {"id": "bad", "argv": []}], "child 2 (id bad): argv: "),
+        ([good, good], "child 2 (id ok): id: 'ok' appears twice (child 1)"),
+        ([sleeper("ok", env={"RINGD_NODE": "x"})], "child 1 (id ok): env.RINGD_NODE: "),
     ]:
-        assert invalid(await ops.fails("start_children", specs=specs)).startswith(message)
+        error = await ops.fails("start_children", specs=specs)
+        assert isinstance(error, InvalidSpecs), error
+        assert error.problems[0].startswith(message), error.problems
+    too_many = [sleeper(f"c{i}") for i in range(MAX_BATCH + 1)]
+    assert invalid(await ops.fails("start_children", specs=too_many)).startswith(
+        "specs: must be a list of 1 to"
+    )
+    # Every problem at once, each with its 1-based place and id.
+    error = await ops.fails(
+        "start_children",
+        specs=[{"id": "a", "argv": []}, good, {"id": "-b", "argv": ["x"], "env": {"A": 1}}],
+    )
+    assert isinstance(error, InvalidSpecs)
+    assert error.problems == [
+        "child 1 (id a): argv: must not be empty",
+        "child 3 (id -b): id: must be 1-128 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit",
+        "child 3 (id -b): env.A: must be a string, not an integer",
+    ]
     assert ops.etcd.calls.get("create", 0) == 0
 
 

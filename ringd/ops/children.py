@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
-from ..errors import AlreadyExists, CannotRun, InvalidSpec, NotFound, TimedOut
+from ..errors import AlreadyExists, CannotRun, NotFound, TimedOut
 from ..protocol import (
     BatchStored,
     ChildDeleted,
@@ -17,6 +17,7 @@ from ..protocol import (
     check_timeout,
 )
 from ..spec import encode, parse_child
+from .updates import validate_file
 
 if TYPE_CHECKING:
     from ..etcd import KV
@@ -66,17 +67,9 @@ async def start_children(ctx: Context, args: StartChildrenArgs) -> BatchStored:
     is written, then created a transaction of ``etcd.txn_ops`` at a time. A spec
     already stored unchanged is fine; one stored differently is a conflict, named
     in the reply, and the others are still stored."""
-    specs: dict[str, bytes] = {}
-    for index, item in enumerate(args.specs):
-        try:
-            if not isinstance(item, dict):
-                raise InvalidSpec("spec", "must be an object")
-            spec = parse_child(item)
-        except InvalidSpec as exc:
-            raise InvalidSpec(f"specs[{index}].{exc.field}", exc.problem) from None
-        if spec.id in specs:
-            raise InvalidSpec(f"specs[{index}].id", f"{spec.id!r} appears twice")
-        specs[spec.id] = encode(spec)
+    # Every problem of every spec, named by its 1-based place (child 3 (id web)).
+    _, valid = validate_file([], list(args.specs))
+    specs = {child_id: encode(spec) for child_id, spec in valid.items()}
     ids = list(specs)
     conflicts: list[str] = []
     for start in range(0, len(ids), ctx.etcd.txn_ops):

@@ -173,7 +173,7 @@ async def apply(ctx: Context, args: ApplyArgs) -> Applied:
     does not list. All or nothing on a file with errors: every one is named with
     its position in the file."""
     timeout = check_timeout(args.timeout) if args.wait else None
-    groups, children = _validate(args.groups, args.children)
+    groups, children = validate_file(args.groups, args.children)
     _, group_kvs = await ctx.etcd.list(ctx.keys.group(""))
     _, child_kvs = await ctx.etcd.list(ctx.keys.child(""))
     stored_groups = _by_name(ctx, group_kvs)
@@ -241,7 +241,7 @@ def _position(kind: str, index: int, item: Any, name_key: str) -> str:
     return f"{kind} {index + 1}" + (f" ({name_key} {name})" if isinstance(name, str) else "")
 
 
-def _validate(
+def validate_file(
     group_items: list[Any], child_items: list[Any]
 ) -> tuple[dict[str, GroupSpec], dict[str, ChildSpec]]:
     """The file's specs by name, in file order.
