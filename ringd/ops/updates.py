@@ -255,10 +255,14 @@ def validate_file(
     first: dict[str, int] = {}
     for index, item in enumerate(group_items):
         where = _position("group", index, item, "name")
-        if found := group_problems(item):
+        try:
+            spec = parse_group(item) if isinstance(item, dict) else None
+        except InvalidSpec:
+            spec = None
+        if spec is None:  # every problem, not only msgspec's first
+            found = group_problems(item) or [("group", "is not valid")]
             lines += [f"{where}: {path or 'group'}: {why}" for path, why in found]
             continue
-        spec = parse_group(item)
         if spec.name in groups:
             lines.append(f"{where}: name: {spec.name!r} appears twice (group {first[spec.name]})")
             continue
@@ -266,13 +270,16 @@ def validate_file(
     first = {}
     for index, item in enumerate(child_items):
         where = _position("child", index, item, "id")
-        if found := child_problems(item):
+        try:
+            child = parse_child(item) if isinstance(item, dict) else None
+        except InvalidSpec as exc:
+            # Every problem of the spec, not only the first; one child_problems does not
+            # know is still named.
+            found = child_problems(item) or [(exc.field, exc.problem)]
             lines += [f"{where}: {path or 'child'}: {why}" for path, why in found]
             continue
-        try:
-            child = parse_child(item)
-        except InvalidSpec as exc:  # a rule child_problems does not know: still named
-            lines.append(f"{where}: {exc}")
+        if child is None:
+            lines += [f"{where}: {path or 'child'}: {why}" for path, why in child_problems(item)]
             continue
         if child.id in children:
             lines.append(f"{where}: id: {child.id!r} appears twice (child {first[child.id]})")
