@@ -85,7 +85,7 @@ class Child:
     digest: str = ""  # spec_digest(spec)
     ready: bool = False  # the current instance ran min_ready s (and passed a first check)
     health: Health = ""  # "" without a check
-    halted: str = ""  # an instance of this spec failed before it was ready
+    halted: str = ""  # an instance of this spec failed before it was ready (until one is)
     check_failures: int = 0  # in a row
     health_kill: str = ""  # why the current instance is being killed for its health
     tending: trio.CancelScope | None = None  # the current instance's readiness and checks
@@ -600,7 +600,9 @@ class Supervisor:
             while child.pid == pid:
                 now = trio.current_time()
                 if not child.ready and passed and now >= start + spec.min_ready:
-                    child.ready = True
+                    # Ready: an earlier failure of this spec before it was ready no
+                    # longer halts the rollout (nothing else could resume it).
+                    child.ready, child.halted = True, ""
                     self._report(ChildChanged(child.id))
                 ready_at = start + spec.min_ready if passed and not child.ready else math.inf
                 if min(next_check, ready_at) == math.inf:

@@ -557,3 +557,16 @@ async def test_an_exit_before_ready_is_recorded_as_halting(h: Harness) -> None:
     steady = h.start("steady", SLEEP, min_ready=0.1)
     await until(lambda: steady.ready, what="ready")
     assert steady.halted == ""
+
+
+async def test_an_instance_that_becomes_ready_no_longer_halts(h: Harness) -> None:
+    """It failed once before it was ready, then its restart ran and is ready: the
+    rollout may go on. Halted for good, an operator could not resume it (the same
+    spec again changes nothing, and restart-child keeps the child's record)."""
+    once = h.tmp / "failed-once"
+    argv = ["sh", "-c", f"test -e {once} && exec sleep 600; touch {once}; exit 3"]
+    child = h.start("flaky", argv, min_ready=0.2)
+    await until(lambda: child.restarts == 1, what="a restart")
+    assert child.halted == "exit status 3 before it was ready"
+    await until(lambda: child.ready, what="ready")
+    assert child.halted == ""
