@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from ringd.errors import InvalidSpecs, NotFound, Refused, RolloutHalted, TimedOut
+from ringd.errors import CannotRun, InvalidSpecs, NotFound, Refused, RolloutHalted, TimedOut
 from ringd.spec import GroupRecord, parse_child, parse_group, spec_digest
 
 from .test_ops import KEYS, NODE, Ops, ops, sleeper  # noqa: F401 - the fixture
@@ -154,6 +154,18 @@ async def test_wait_times_out_naming_what_is_not_done(
     await ops.call("start_child", spec=sleeper("web"))
     with pytest.raises(TimedOut, match=r"rollout not done within 5 s: child web \(in progress\)"):
         await ops.call("update_child", spec=sleeper("web", argv=["x"]), wait=True, timeout=5)
+
+
+async def test_wait_ends_at_once_when_the_new_spec_cannot_run_anywhere(
+    ops: Ops, autojump_clock: trio.testing.MockClock
+) -> None:
+    await ops.node(NODE)
+    await ops.call("start_child", spec=sleeper("web"))
+    with pytest.raises(CannotRun, match="child web cannot run: no eligible node: needs zone=eu"):
+        await ops.call(
+            "update_child", spec=sleeper("web", on={"zone": "eu"}), wait=True, timeout=60
+        )
+    assert trio.current_time() < 1
 
 
 # -- update_group ----------------------------------------------------------------------

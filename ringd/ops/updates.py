@@ -18,7 +18,15 @@ import msgspec
 import trio
 
 from .. import desired
-from ..errors import InvalidSpec, InvalidSpecs, NotFound, Refused, RolloutHalted, TimedOut
+from ..errors import (
+    CannotRun,
+    InvalidSpec,
+    InvalidSpecs,
+    NotFound,
+    Refused,
+    RolloutHalted,
+    TimedOut,
+)
 from ..placement import instance_key
 from ..protocol import (
     Applied,
@@ -145,8 +153,12 @@ async def wait_rolled_out(ctx: Context, digests: Mapping[str, str], timeout: flo
 
     Raises:
         RolloutHalted: as soon as one halts (each halted one named, with why).
+        CannotRun: as soon as one is known not to be able to run anywhere (no
+            eligible node, its group missing or failed).
         TimedOut: not all were done in time (each one not done named).
     """
+    from .children import cannot_run  # children imports this module
+
     seen = -1
     states: dict[str, tuple[str, str]] = {}
     with trio.move_on_after(timeout):
@@ -156,6 +168,15 @@ async def wait_rolled_out(ctx: Context, digests: Mapping[str, str], timeout: flo
             if halted:
                 raise RolloutHalted(
                     "; ".join(f"child {i}: rollout halted: {why}" for i, why in halted.items())
+                )
+            unplaced = {
+                i: why
+                for i, (state, _) in states.items()
+                if state == NOT_PLACED and (why := cannot_run(ctx, i))
+            }
+            if unplaced:
+                raise CannotRun(
+                    "; ".join(f"child {i} cannot run: {why}" for i, why in unplaced.items())
                 )
             if all(state == "done" for state, _ in states.values()):
                 return
