@@ -46,8 +46,11 @@ def write_section(heading: str, text: str) -> Path:
         rf"^## {re.escape(heading)}\n.*?(?=^## |^{re.escape(MARKER)}|\Z)", re.S | re.M
     )
     section = text.rstrip("\n") + "\n\n"
+    marker = re.search(rf"^{re.escape(MARKER)}", current, re.M)
     if pattern.search(current):
         current = pattern.sub(lambda _: section, current, count=1)
+    elif marker is not None:  # a new section goes before the generated part
+        current = current[: marker.start()] + section + current[marker.start() :]
     else:
         current = current.rstrip("\n") + "\n\n" + section
     REPORT.write_text(current.rstrip("\n") + "\n")

@@ -102,7 +102,10 @@ def run_phase(client: Client, name: str, children: list[dict[str, Any]]) -> Phas
 
 def render(phases: list[Phase], children: int, argv: Iterable[str]) -> str:
     command = " ".join(["python -m bench.rollout", *argv])
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    loads = os.getloadavg()
+    load = " ".join(f"{x:.1f}" for x in loads)
+    if loads[0] > (os.cpu_count() or 1):
+        load += " (other work shared the CPUs: the figures are slower than on an idle machine)"
     lines = [
         "## Rolling updates",
         "",
@@ -134,8 +137,8 @@ def render(phases: list[Phase], children: int, argv: Iterable[str]) -> str:
         " claim released) before its new instance is claimed and started, one pass later."
         f" The 3-replica child's rollout ({roll.done[REPLICATED]:.1f} s) is three such steps"
         " in a row, each waiting for the instance before it to be ready (`min_ready`, 1 s);"
-        " at most one of its three instances was down at any time (tests/test_rollout.py"
-        " samples that every 20 ms).",
+        " tests/test_rollout.py checks, sampling every 20 ms, that at most one of its"
+        " instances is down at any time.",
     ]
     return "\n".join(lines) + "\n"
 
