@@ -30,6 +30,7 @@ BENCHES = [
     ("membership", "bench.failover", ["--runs", "2", "--children", "60", "--graceful-sizes", ""]),
     ("load", "bench.load", ["--quick"]),
     ("spawn", "bench.spawn_gil", ["--spawns", "100"]),
+    ("rollout", "bench.rollout", ["--children", "200"]),
 ]
 
 
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs (rougher figures)")
     parser.add_argument(
-        "--only", nargs="*", help="run only these (ring, supervision, membership, load, spawn)"
+        "--only",
+        nargs="*",
+        help="run only these (ring, supervision, membership, load, spawn, rollout)",
     )
     args = parser.parse_args(argv)
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
