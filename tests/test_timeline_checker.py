@@ -1,8 +1,18 @@
-"""The chaos checker's claim rule (tests/timeline.py), on made-up reads: pure."""
+"""The timeline (tests/timeline.py): the chaos checker's claim rule on made-up reads
+(pure), and a sampler that does not start failing the test instead of watching
+nothing."""
 
 from __future__ import annotations
 
-from .timeline import claim_violations
+import os
+import re
+import sys
+
+import pytest
+
+from ringd import procfs
+
+from .timeline import Timeline, claim_violations
 
 
 def test_the_chaos_checker_flags_a_child_running_under_another_nodes_claim() -> None:
@@ -17,3 +27,31 @@ def test_the_chaos_checker_flags_a_child_running_under_another_nodes_claim() -> 
     assert [(i, inst) for _, i, inst in claim_violations(1.0, before, after, live)] == [
         ("b", [(101, "n1"), (0, "claim of n2")])
     ]
+
+
+def test_a_timeline_samples_and_says_for_how_long() -> None:
+    with Timeline("tnobody") as timeline:
+        pass
+    assert timeline.samples >= 1 and timeline.duration > 0
+    assert timeline.seen == {} and timeline.violations == []
+
+
+def test_a_sampler_that_never_starts_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    timeline = Timeline("tnobody")
+    timeline.startup_timeout = 0.5
+    asleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    monkeypatch.setattr(timeline, "command", lambda: asleep)
+    with pytest.raises(AssertionError, match=r"did not start within 0.5 s") as info:
+        timeline.start()
+    found = re.search(r"pid (\d+)", str(info.value))
+    assert found
+    pid = int(found.group(1))
+    assert not procfs.alive(pid), "killed, not left running"
+    assert pid not in procfs.children(os.getpid())
+
+
+def test_a_sampler_that_exits_at_once_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    timeline = Timeline("tnobody")
+    monkeypatch.setattr(timeline, "command", lambda: [sys.executable, "-c", "exit(3)"])
+    with pytest.raises(AssertionError, match="timeline sampler exited 3"):
+        timeline.start()
