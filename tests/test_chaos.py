@@ -3,11 +3,13 @@
 Faults, one after another, each undone before the next: SIGKILL of a daemon (and
 its restart), SIGSTOP/SIGCONT of a daemon, a partition of one daemon from etcd
 (its fault proxy stalls), an etcd restart, and spec churn (children started and
-deleted). A sampler process looks at every live child process every 50 ms (by
-the cluster marker in its environment) and at every claim: no child id may be
-alive twice at any instant, nor alive on a node while another node holds its
-claim. After every fault the cluster must converge back to every spec running
-exactly once; after the last one within TTL + 5 s; and no spec may be lost.
+deleted). The schedule runs in rounds, each kind once per round in a seeded
+random order, so every kind happens (the faults go on past the duration until
+each kind has). A sampler process looks at every live child process every 50 ms
+(by the cluster marker in its environment) and at every claim: no child id may
+be alive twice at any instant, nor alive on a node while another node holds its
+claim. Within TTL + 5 s of each fault being undone the cluster must be back to
+every spec running exactly once; and no spec may be lost.
 
 The default suite runs 60 s of faults; ``pytest -m slow -k chaos --chaos-duration
 600`` runs longer. The seed is printed (``RINGD_CHAOS_SEED`` replays one).
@@ -26,18 +28,21 @@ from typing import TYPE_CHECKING
 import pytest
 
 from ringd.standalone import PrivateEtcd, free_port
+from ringd.testing import WaitTimeout
 
 from .faultproxy import FaultProxy
 from .helpers import wait_until
 from .timeline import Timeline
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from .conftest import Cluster
 
 TTL = 2.0
 NODES = ("n1", "n2", "n3", "n4", "n5")
+KINDS = ("sigkill", "sigstop", "partition", "etcd restart", "spec churn")
 
 
 def each_once(timeline: Timeline, ids: set[str]) -> bool:
@@ -104,6 +109,23 @@ class Chaos:
             self.ids.discard(child_id)
         self.start_children(5)
 
+    def schedule(self) -> Iterator[str]:
+        """Fault kinds for ever: every kind once per round, in a seeded random order."""
+        while True:
+            yield from self.rng.sample(KINDS, len(KINDS))
+
+    def misplaced(self, timeline: Timeline) -> str:
+        """What keeps the cluster from each spec running once, in words."""
+        where: dict[str, list[str]] = defaultdict(list)
+        for env in timeline.live().values():
+            where[env["RINGD_CHILD_ID"]].append(env["RINGD_NODE"])
+        missing = sorted(self.ids - set(where))
+        twice = {i: n for i, n in where.items() if len(n) > 1}
+        extra = sorted(set(where) - self.ids)
+        return (
+            f"{len(missing)} not running {missing[:10]}, twice {twice}, deleted but running {extra}"
+        )
+
     def run(self, duration: float, timeline: Timeline) -> None:
         faults = {
             "sigkill": self.sigkill,
@@ -112,18 +134,23 @@ class Chaos:
             "etcd restart": self.etcd_restart,
             "spec churn": self.churn,
         }
-        weights = {"sigkill": 3, "sigstop": 2, "partition": 3, "etcd restart": 1, "spec churn": 3}
+        assert set(faults) == set(KINDS)
         end = time.monotonic() + duration
-        while time.monotonic() < end:
-            kind = self.rng.choices(list(faults), [weights[k] for k in faults])[0]
+        for number, kind in enumerate(self.schedule(), 1):
+            if time.monotonic() >= end and all(self.counts[k] for k in KINDS):
+                break
             faults[kind]()
             self.counts[kind] += 1
             undone = time.monotonic()
-            wait_until(
-                lambda: each_once(timeline, self.ids), 60, f"converged after {kind}", interval=0.1
-            )
+            try:
+                wait_until(lambda: each_once(timeline, self.ids), TTL + 5, kind, interval=0.1)
+            except WaitTimeout:
+                raise AssertionError(
+                    f"fault {number} ({kind}) undone {time.monotonic() - undone:.1f} s ago: "
+                    f"not converged within TTL + 5 s: {self.misplaced(timeline)}"
+                ) from None
             self.convergence[kind].append(time.monotonic() - undone)
-            time.sleep(self.rng.uniform(0, 1))
+            time.sleep(self.rng.uniform(0, 1))  # a random phase for the next fault
 
 
 def run_chaos(cluster: Cluster, short_tmp: Path, duration: float) -> None:
@@ -141,11 +168,8 @@ def run_chaos(cluster: Cluster, short_tmp: Path, duration: float) -> None:
                 lambda: each_once(timeline, chaos.ids), 60, "200 children once each", interval=0.2
             )
             chaos.run(duration, timeline)
-            last = time.monotonic()
-            wait_until(
-                lambda: each_once(timeline, chaos.ids), TTL + 5, "all running after the last fault"
-            )
-            final = time.monotonic() - last
+            # And still so now, after the last fault's random pause.
+            wait_until(lambda: each_once(timeline, chaos.ids), TTL + 5, "all running at the end")
         # No spec lost: etcd holds exactly the specs that should exist.
         rows = cluster.daemons["n1"].call("which_children")
         assert {r["id"] for r in rows} == chaos.ids
@@ -163,10 +187,12 @@ def run_chaos(cluster: Cluster, short_tmp: Path, duration: float) -> None:
             f"{kind:<14} {chaos.counts[kind]:>5} {statistics.median(times):>14.2f} / {max(times):.2f}"
         )
     print(
-        f"samples {timeline.samples} ({timeline.claims_checked} also checked against the"
-        f" claims), violations {len(timeline.violations)}, final convergence {final:.2f} s"
+        f"samples {timeline.samples} in {timeline.duration:.0f} s ({timeline.claims_checked}"
+        f" also checked against the claims), violations {len(timeline.violations)}"
     )
-    assert timeline.samples > duration * 5, "the sampler kept up"
+    counts = [chaos.counts[k] for k in KINDS]
+    assert min(counts) >= 1 and max(counts) - min(counts) <= 1, f"every kind, in rounds: {counts}"
+    assert timeline.samples > timeline.duration * 5, "the sampler kept up"
     assert timeline.claims_checked > timeline.samples / 2, "the claims were read"
     assert timeline.violations == [], timeline.violations[:5]
 
