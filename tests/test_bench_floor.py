@@ -26,5 +26,6 @@ def test_handoff_floor_times_stop_then_start_and_leaves_nothing_running() -> Non
     runs = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(runs) == 2
     for run in runs:
-        assert 0 < run["stop"] < run["total"] < 10
+        assert 0 < run["stop"] < run["total"], run  # a stop, then a start: both timed
+    print(f"\nhandoff floor, 6 children: {[(r['stop'], r['total']) for r in runs]} s")
     assert instance_pids(token) == [], "children of the floor left running"
