@@ -137,10 +137,13 @@ def test_start_children_stores_a_batch_and_names_conflicts(cluster: Cluster) -> 
     [
         ([], "specs"),
         ("x", "specs"),
-        ([{"id": "ok", "argv": ["true"]}, "ls"], "specs[1].spec"),
-        ([{"id": "ok", "argv": ["true"]}, {"id": "bad", "argv": []}], "specs[1].argv"),
-        ([{"id": "ok", "argv": ["true"]}, {"id": "ok", "argv": ["true"]}], "specs[1].id"),
-        ([{"id": "ok", "argv": ["true"], "env": {"RINGD_NODE": "x"}}], "specs[0].env.RINGD_NODE"),
+        ([{"id": "ok", "argv": ["true"]}, "ls"], "  child 2: child"),
+        ([{"id": "ok", "argv": ["true"]}, {"id": "bad", "argv": []}], "  child 2 (id bad): argv"),
+        ([{"id": "ok", "argv": ["true"]}, {"id": "ok", "argv": ["true"]}], "  child 2 (id ok): id"),
+        (
+            [{"id": "ok", "argv": ["true"], "env": {"RINGD_NODE": "x"}}],
+            "  child 1 (id ok): env.RINGD_NODE",
+        ),
         ([{"id": f"c{i}", "argv": ["true"]} for i in range(1001)], "specs"),
     ],
 )
@@ -151,7 +154,9 @@ def test_start_children_bad_batch_stores_nothing(
     with pytest.raises(RemoteError) as info:
         node.call("start_children", specs=specs)
     assert info.value.code == "invalid"
-    assert info.value.message.startswith(f"{field}:"), info.value.message
+    lines = info.value.message.splitlines()
+    first = lines[1] if field.startswith("  ") else lines[0]  # every problem, a line each
+    assert first.startswith(f"{field}:"), info.value.message
     assert node.call("which_children") == []  # nothing was stored
     assert node.call("ping")["node"] == "n1"
 
