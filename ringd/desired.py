@@ -228,6 +228,7 @@ class Running:
     running: bool
     ready: bool
     halted: str = ""
+    settled: bool = False  # stopped or failed: it will not come up by itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,9 +248,11 @@ class Rollout:
 
 def rollout(digest: str, instances: Mapping[int, Running | None]) -> Rollout:
     """One instance at a time, lowest replica first: an outdated instance is
-    restarted only while every other placed instance runs and is ready, so that at
-    most one is down for the update. ``instances``: replica -> its state (None: not
-    running anywhere). A child with one instance is simply restarted."""
+    restarted only while every other placed instance runs and is ready (or is
+    stopped or failed for good), so that at most one is down for the update; an
+    outdated instance that is down already goes first. ``instances``: replica ->
+    its state (None: not running anywhere). A child with one instance is simply
+    restarted."""
     outdated = tuple(sorted(r for r, i in instances.items() if i and i.digest != digest))
     if not outdated:
         return Rollout("done")
@@ -258,8 +261,17 @@ def rollout(digest: str, instances: Mapping[int, Running | None]) -> Rollout:
     )
     if halted:
         return Rollout("halted", halted, None, outdated)
+    # An outdated instance that is down anyway goes first: restarting it costs
+    # nothing in availability, and waiting for it would wait for ever.
+    down = [r for r in outdated if not instances[r].running]  # type: ignore[union-attr]
+    if down:
+        return Rollout("in progress", "", down[0], outdated)
     first = outdated[0]
+    # Waited for: every other instance that may yet come up (one stopped or failed
+    # for good would never let the rollout go on).
     others_ready = all(
-        i is not None and i.running and i.ready for r, i in instances.items() if r != first
+        i is not None and (i.settled or (i.running and i.ready))
+        for r, i in instances.items()
+        if r != first
     )
     return Rollout("in progress", "", first if others_ready else None, outdated)

@@ -298,7 +298,13 @@ def _rollout(
         instances[instance.replica] = (
             None
             if claim is None
-            else Running(claim.digest, claim.state == "running", claim.ready, claim.halted)
+            else Running(
+                claim.digest,
+                claim.state == "running",
+                claim.ready,
+                claim.halted,
+                claim.state in ("stopped", "failed"),
+            )
         )
     return desired.rollout(spec_digest(spec), instances)
 

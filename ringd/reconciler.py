@@ -341,7 +341,11 @@ class Reconciler:
             local = self.supervisor.children.get(instance.key)
             if local is not None:  # fresher than its claim
                 instances[instance.replica] = Running(
-                    local.digest, local.state == State.RUNNING, local.ready, local.halted
+                    local.digest,
+                    local.state == State.RUNNING,
+                    local.ready,
+                    local.halted,
+                    local.state in (State.STOPPED, State.FAILED),
                 )
                 continue
             claim = self.view.claim(instance.key)
@@ -353,6 +357,7 @@ class Reconciler:
                     claim.value.state == State.RUNNING,
                     claim.value.ready,
                     claim.value.halted,
+                    claim.value.state in (State.STOPPED, State.FAILED),
                 )
             )
         return spec_digest(stored.value), instances

@@ -408,3 +408,18 @@ def test_a_rollout_halts_when_a_new_instance_fails_before_it_is_ready() -> None:
     # Back to v2: the broken instance is the outdated one, the others are ready.
     resumed = rollout("v2", {0: broken, 1: old, 2: old})
     assert (resumed.state, resumed.next) == ("in progress", 0)
+
+
+def test_a_rollout_restarts_a_down_outdated_instance_first_and_skips_settled_ones() -> None:
+    from ringd.desired import Running, rollout
+
+    old, new = Running("v1", True, True), Running("v2", True, True)
+    crashed = Running("v1", False, False, settled=True)
+    # Replica 2 is down on the old spec: restarting it costs nothing, it goes first.
+    assert rollout("v2", {0: old, 1: old, 2: crashed}).next == 2
+    # A replica stopped for good (a temporary one that ended) does not hold it up.
+    stopped_new = Running("v2", False, False, settled=True)
+    assert rollout("v2", {0: old, 1: stopped_new, 2: new}).next == 0
+    # One still coming up does.
+    starting = Running("v2", False, False)
+    assert rollout("v2", {0: old, 1: starting, 2: new}).next is None
