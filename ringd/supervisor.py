@@ -34,6 +34,7 @@ import trio
 from . import metrics
 from .childio import ChildIO
 from .guard import Guard, kill_instance
+from .health import run_check
 from .intensity import Intensity
 from .logs import RotatingLog
 from .spec import ChildSpec, GroupSpec, signal_number, spec_digest
@@ -167,10 +168,6 @@ def describe_exit(status: int) -> str:
         except ValueError:
             return f"killed by signal {-status}"
     return f"exit status {status}"
-
-
-async def _kill_process_group(process: trio.Process) -> None:
-    kill_group(process.pid, signal.SIGKILL)
 
 
 def kill_group(pid: int, sig: int) -> None:
@@ -638,35 +635,12 @@ class Supervisor:
             kill_group(pid, signal.SIGKILL)
 
     async def _run_check(self, child: Child) -> tuple[bool, str]:
-        """Run the child's check once: (healthy, its last line of output or why not)."""
-        spec = child.spec
-        assert spec.check is not None
-        done: list[subprocess.CompletedProcess[bytes]] = []
-        try:
-            with trio.move_on_after(spec.check_timeout):
-                done.append(
-                    await trio.run_process(
-                        spec.check,
-                        env=self._env(child),  # with the token: the guard kills it too
-                        cwd=spec.cwd,
-                        stdin=subprocess.DEVNULL,
-                        capture_stdout=True,
-                        capture_stderr=True,
-                        check=False,
-                        start_new_session=True,  # killed whole at the timeout
-                        deliver_cancel=_kill_process_group,
-                    )
-                )
-        except OSError as exc:
-            return False, f"cannot run {spec.check[0]!r}: {exc.strerror or exc}"
-        if not done:
-            return False, f"timed out after {spec.check_timeout:g} s"
-        result = done[0]
-        lines = (result.stdout + result.stderr).decode(errors="replace").strip().splitlines()
-        code = result.returncode
-        quiet = f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
-        said = lines[-1].strip()[:200] if lines else quiet
-        return result.returncode == 0, said
+        assert child.spec.check is not None
+        # With the child's environment (its token too: the guard kills a check
+        # still running when the daemon dies) and cwd.
+        return await run_check(
+            child.spec.check, self._env(child), child.spec.cwd, child.spec.check_timeout
+        )
 
     async def _terminate_process(self, child: Child) -> None:
         """Stop the child's current instance, if any: stop signal, then SIGKILL."""
