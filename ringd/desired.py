@@ -20,7 +20,7 @@ from .placement import Instance, NodeInfo, Placer
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Mapping
 
-    from .records import Alive
+    from .records import Alive, Claim
     from .spec import ChildSpec, GroupRecord
 
 
@@ -229,6 +229,17 @@ class Running:
     ready: bool
     halted: str = ""
     settled: bool = False  # stopped or failed: it will not come up by itself
+
+
+def running_from(claim: Claim) -> Running:
+    """What a claim says of its instance (every node reads the same)."""
+    return Running(
+        claim.digest,
+        claim.state == "running",
+        claim.ready,
+        claim.halted,
+        claim.state in ("stopped", "failed"),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,6 @@ import msgspec
 import trio
 
 from . import desired, records
-from .desired import Rollout, Running
 from .placement import instance_key
 from .protocol import ChildRow, Encoded, dump_result
 from .spec import MAX_REPLICAS, spec_digest
@@ -31,6 +30,7 @@ from .spec import MAX_REPLICAS, spec_digest
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Mapping
 
+    from .desired import Rollout, Running
     from .etcd import KV
     from .figures import Figures, PublishedFigures
     from .placement import Instance
@@ -295,17 +295,7 @@ def _rollout(
     for instance in placement:
         stored = claims[instance.replica] if instance.replica < len(claims) else None
         claim = stored.value if stored is not None else None
-        instances[instance.replica] = (
-            None
-            if claim is None
-            else Running(
-                claim.digest,
-                claim.state == "running",
-                claim.ready,
-                claim.halted,
-                claim.state in ("stopped", "failed"),
-            )
-        )
+        instances[instance.replica] = None if claim is None else desired.running_from(claim)
     return desired.rollout(spec_digest(spec), instances)
 
 

@@ -22,7 +22,7 @@ import msgspec
 import trio
 
 from . import desired
-from .desired import DesiredState, Inputs, MovePacer, Rollout, Running
+from .desired import DesiredState, Inputs, MovePacer, Rollout, Running, running_from
 from .errors import EtcdUnavailable
 from .placement import split_key
 from .records import Claim, encode
@@ -349,17 +349,7 @@ class Reconciler:
                 )
                 continue
             claim = self.view.claim(instance.key)
-            instances[instance.replica] = (
-                None
-                if claim is None
-                else Running(
-                    claim.value.digest,
-                    claim.value.state == State.RUNNING,
-                    claim.value.ready,
-                    claim.value.halted,
-                    claim.value.state in (State.STOPPED, State.FAILED),
-                )
-            )
+            instances[instance.replica] = None if claim is None else running_from(claim.value)
         return spec_digest(stored.value), instances
 
     def _may_update(self, child: Child) -> bool:
