@@ -66,6 +66,7 @@ def show_status(info: dict[str, Any]) -> None:
             ("children", info.get("children_total")),
             ("children here", ", ".join(f"{k}={v}" for k, v in sorted(local.items())) or "none"),
             ("revision", info.get("revision")),
+            ("web page", info.get("web")),
         ]
     )
 

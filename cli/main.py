@@ -13,6 +13,7 @@ from . import (  # noqa: F401 - imported for their commands
     commands_nodes,
     commands_specs,
     commands_streams,
+    commands_summary,
     completion,
 )
 from .app import cli

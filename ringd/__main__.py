@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     start.add_argument("--etcd-wait", metavar="SECONDS", type=float,
                        help="exit 1 if etcd is not reached in time (default: wait)")  # fmt: skip
+    start.add_argument("--web-address", metavar="HOST:PORT",
+                       help="serve the status page (and /metrics) there; '' for none")  # fmt: skip
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", metavar="FILE")
     return parser
@@ -45,6 +47,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "cluster": args.cluster,
         "log_level": args.log_level,
         "etcd_wait": args.etcd_wait,
+        "web_address": args.web_address,
     }
 
 

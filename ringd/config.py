@@ -65,6 +65,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     figures_interval: Seconds = 60.0
     # host:port of a Prometheus /metrics endpoint; unset: no endpoint.
     metrics_address: str | None = None
+    # host:port of the read-only status page (and /metrics); unset: 127.0.0.1 on a free
+    # port in standalone mode, no page otherwise; "": no page.
+    web_address: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Executables run on every status change of another node (see ringd.toml(5)).
     hooks_dir: str | None = None
@@ -78,6 +81,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     @property
     def standalone(self) -> bool:
         return not self.etcd
+
+    @property
+    def web(self) -> str | None:
+        """Where the status page listens (port 0: a free one), or None for no page."""
+        if self.web_address is None:
+            return "127.0.0.1:0" if self.standalone else None
+        return self.web_address or None
 
     @property
     def key_prefix(self) -> str:
@@ -103,6 +113,10 @@ def _check(config: Config) -> list[str]:
             found.append(f"etcd: {url!r} is not an http:// or https:// URL")
     if bool(config.etcd_cert) != bool(config.etcd_key):
         found.append("etcd_cert/etcd_key: give both or neither")
+    if config.web_address:
+        host, colon, port = config.web_address.rpartition(":")
+        if not colon or not host or not port.isdigit() or int(port) > 65535:
+            found.append(f"web_address: {config.web_address!r} is not HOST:PORT")
     if bool(config.etcd_user) != bool(config.etcd_password):
         found.append("etcd_user/etcd_password: give both or neither")
     return found

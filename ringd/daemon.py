@@ -30,6 +30,7 @@ from .sdnotify import Notifier
 from .standalone import PrivateEtcd
 from .supervisor import Supervisor, SupervisorEvent
 from .view import ClusterView
+from .web import Web
 
 if TYPE_CHECKING:
     from .config import Config
@@ -66,6 +67,7 @@ class Parts:
     publisher: Publisher
     metrics: MetricsServer | None
     hooks: Hooks | None
+    web: Web | None = None  # the status page (web_address)
 
 
 def build(config: Config, endpoints: list[str]) -> Parts:
@@ -156,9 +158,11 @@ def build(config: Config, endpoints: list[str]) -> Parts:
             instance=instance,
         )
     served = MetricsServer(config.metrics_address, supervisor) if config.metrics_address else None
+    web = Web(config.web, context) if config.web else None
     return Parts(
-        etcd, guard, view, membership, supervisor, reconciler, control, publisher, served, hooks
-    )
+        etcd, guard, view, membership, supervisor, reconciler, control, publisher, served, hooks,
+        web=web,
+    )  # fmt: skip
 
 
 async def run(config: Config) -> None:
@@ -186,6 +190,12 @@ async def run(config: Config) -> None:
     # private etcd starts): a daemon that then failed would have taken children
     # away from healthy nodes for a lease TTL.
     parts.control.bind()
+    if parts.web is not None:
+        try:
+            parts.web.bind()
+        except BaseException:
+            parts.control.close()
+            raise
     try:
         if private is not None:
             logger.info("standalone mode: starting a private etcd in %s", private.data_dir)
@@ -195,6 +205,8 @@ async def run(config: Config) -> None:
         await _serve(config, parts, endpoints, notifier)
     finally:
         parts.control.close()
+        if parts.web is not None:
+            parts.web.close()
         if private is not None:
             logger.info("stopping the private etcd")
             await trio.to_thread.run_sync(private.stop)
@@ -232,6 +244,8 @@ async def _serve(config: Config, parts: Parts, endpoints: list[str], notifier: N
                             )
                         await nursery.start(parts.reconciler.run)
                         await nursery.start(parts.control.run)
+                        if parts.web is not None:
+                            await nursery.start(parts.web.run)
                         await nursery.start(parts.publisher.run)
                         if parts.hooks is not None:
                             await nursery.start(parts.hooks.run)

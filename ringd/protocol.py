@@ -333,6 +333,7 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     moves_pending: int
     labels: dict[str, str]
     groups_failed: dict[str, str]  # group -> "node: reason"
+    web: str | None = None  # the status page's URL (web_address); None: no page
 
 
 class ChildRow(msgspec.Struct, frozen=True):
@@ -529,6 +530,48 @@ class RolloutStatus(msgspec.Struct, frozen=True, kw_only=True):
     revision: int  # the spec key's current mod revision
     digest: str
     instances: list[RolloutInstance]
+
+
+class ReasonCount(msgspec.Struct, frozen=True, kw_only=True):
+    """``summary``: a reason and how many child instances give it."""
+
+    reason: str
+    count: int
+
+
+class Misplaced(msgspec.Struct, frozen=True, kw_only=True):
+    """``summary``: an instance that runs on another node than the ring's owner."""
+
+    instance: str
+    node: str
+    owner: str | None  # None: the ring places it nowhere now
+
+
+class RolloutSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """``summary``: a child whose instances are not all on its current spec."""
+
+    id: str
+    state: str  # in progress | halted
+    reason: str
+
+
+class Summary(msgspec.Struct, frozen=True, kw_only=True):
+    """``summary``: the cluster at a glance. ``ok``: every child instance runs on
+    the node the ring places it on, nothing moves and no group failed."""
+
+    ok: bool
+    nodes_online: list[str]  # in the ring and not draining
+    nodes_draining: list[str]
+    nodes_offline: list[str]
+    children: int  # child specs
+    instances: int
+    states: dict[str, int]  # instance state -> count
+    pending_reasons: list[ReasonCount]  # the most common first
+    failure_reasons: list[ReasonCount]
+    groups_failed: dict[str, str]  # group -> "node: reason"
+    moves_pending: int  # this node's reconciler: moves it holds back (rate limit)
+    misplaced: list[Misplaced]
+    rollouts: list[RolloutSummary]
 
 
 class GroupDeleted(msgspec.Struct, frozen=True, kw_only=True):

@@ -43,6 +43,7 @@ class Context:
     reconciler: Reconciler
     figures: Figures
     started: float = field(default_factory=time.time)  # unix time: status's uptime
+    web: str | None = None  # the status page's URL, once it serves (``ringd.web``)
     listing: Listing = field(init=False)
 
     def __post_init__(self) -> None:

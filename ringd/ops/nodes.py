@@ -46,6 +46,7 @@ async def status(ctx: Context, args: Args) -> DaemonStatus:
             for name, stored in ctx.view.groups().items()
             if stored.value.state == "failed"
         },
+        web=ctx.web,
     )
 
 

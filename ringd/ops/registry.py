@@ -32,7 +32,7 @@ from ..protocol import (
     WhichChildrenArgs,
     decode_args,
 )
-from . import children, groups, local, nodes, streams, updates
+from . import children, groups, local, nodes, streams, summary, updates
 
 if TYPE_CHECKING:
     from .context import Context
@@ -83,6 +83,7 @@ OPS: dict[str, Op[Any]] = {
     "apply": Op(ApplyArgs, updates.apply),
     "export": Op(ExportArgs, updates.export),
     "rollout": Op(RolloutArgs, updates.rollout),
+    "summary": Op(Args, summary.summary),
 }
 STREAMS: dict[str, StreamOp[Any]] = {
     "logs_follow": StreamOp(LogsArgs, streams.logs_follow),
