@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from .helpers import wait_until
 
 if TYPE_CHECKING:
@@ -345,3 +347,33 @@ def test_a_hook_that_cannot_be_executed_is_logged_and_the_daemon_goes_on(
     wait_until(recorded, 20, "the next hook run for b online")
     assert "hook 10-no-interpreter could not run" in a.log.read_text()
     assert a.running() and a.call("ping")["node"] == "a"
+
+
+# -- start-children of a file bigger than one request ------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: start-children sends a big file in several requests (1,000 specs or 1 MiB "
+    "each) and the daemon validates each request alone: the requests before the one with "
+    "an invalid spec are stored, though its help says nothing is stored if any spec is "
+    "invalid (cli/commands_children.py)",
+)
+def test_start_children_stores_nothing_when_a_later_request_holds_an_invalid_spec(
+    cluster: Cluster, short_tmp: Path
+) -> None:
+    a = cluster.daemon("a")
+    # ~400 KB each: two fit in a request, the third (invalid) goes in a second one.
+    # Their group does not exist: stored, they wait, and no process starts.
+    big = {"X": "x" * 400_000, "TEST_CLUSTER": cluster.name}
+    specs = [
+        {"id": f"big{i}", "argv": ["sleep", "600"], "group": "nogroup", "env": big}
+        for i in range(2)
+    ]
+    specs.append({"id": "bad", "argv": [], "env": big})
+    path = short_tmp / "specs.json"
+    path.write_text(json.dumps(specs))
+    done = ringctl(a, "start-children", str(path))
+    assert done.returncode == 2, done.stderr
+    assert "argv" in done.stderr
+    assert json.loads(ok(a, "--json", "which-children")) == [], "nothing stored"
