@@ -11,6 +11,7 @@ and handed to hypercorn as a file descriptor.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import os
 import socket
@@ -85,6 +86,9 @@ class Web:
         self.sock: socket.socket | None = None
         self.url = ""
         self._registry: Any = None
+        # Listening on loopback only: requests must name it as their Host, so that
+        # a web site whose name resolves to 127.0.0.1 (DNS rebinding) reads nothing.
+        self.hosts: frozenset[str] | None = None
 
     # -- the listener -----------------------------------------------------------------
 
@@ -115,6 +119,9 @@ class Web:
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}/"
+        if ipaddress.ip_address(bound_host.split("%")[0]).is_loopback:
+            names = {shown, "localhost", "127.0.0.1", "[::1]"}
+            self.hosts = frozenset(n + suffix for n in names for suffix in ("", f":{bound_port}"))
         return self.url
 
     def close(self) -> None:
@@ -177,6 +184,11 @@ class Web:
         if scope["type"] != "http":
             return  # websockets: not served (hypercorn closes the connection)
         path, method = scope["path"], scope["method"]
+        if self.hosts is not None:
+            host = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1")
+            if host.lower() not in self.hosts:
+                await _respond(send, 421, b"text/plain; charset=utf-8", b"unknown host\n")
+                return
         routes = {"/": self._page, "/state": self._state, "/metrics": self._metrics}
         route = routes.get(path)
         if route is None:

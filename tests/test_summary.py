@@ -106,7 +106,9 @@ async def test_failures_failed_groups_moves_and_rollouts(ops: Ops) -> None:
 # -- the status page's app -----------------------------------------------------------
 
 
-async def request(web: Web, method: str, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
+async def request(
+    web: Web, method: str, path: str, host: str = "127.0.0.1"
+) -> tuple[int, dict[bytes, bytes], bytes]:
     """One request to the ASGI app, as hypercorn would make it."""
     sent: list[dict[str, Any]] = []
 
@@ -116,7 +118,9 @@ async def request(web: Web, method: str, path: str) -> tuple[int, dict[bytes, by
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await web.app({"type": "http", "method": method, "path": path}, receive, send)
+    headers = [(b"host", host.encode())]
+    scope = {"type": "http", "method": method, "path": path, "headers": headers}
+    await web.app(scope, receive, send)
     start, body = sent
     return start["status"], dict(start["headers"]), body["body"]
 
@@ -141,6 +145,20 @@ async def test_the_page_is_read_only_and_serves_state_and_metrics(ops: Ops) -> N
         assert (status, headers[b"allow"]) == (405, b"GET")
     assert (await request(web, "GET", "/nope"))[0] == 404
     assert (await request(web, "POST", "/nope"))[0] == 404
+
+
+async def test_on_loopback_only_requests_naming_it_are_answered(ops: Ops) -> None:
+    """A site whose name resolves to 127.0.0.1 (DNS rebinding) reads nothing."""
+    web = Web("127.0.0.1:0", ops.ctx)
+    url = web.bind()
+    try:
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST"):
+            assert (await request(web, "GET", "/state", host))[0] == 200, host
+        for host in (f"evil.example:{port}", "evil.example", ""):
+            assert (await request(web, "GET", "/state", host))[0] == 421, host
+    finally:
+        web.close()
 
 
 async def test_the_page_keeps_the_last_events(ops: Ops) -> None:
