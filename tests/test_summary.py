@@ -3,6 +3,7 @@ store with the stand-ins of test_ops; a real daemon's in test_web.py."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -13,10 +14,14 @@ from ringd.spec import GroupRecord, GroupSpec, spec_digest
 from ringd.view import Change
 from ringd.web import Web
 
+from .test_cli_unit import daemon as daemon  # the fixture: a fake daemon for ringctl
+from .test_cli_unit import plain_consoles as plain_consoles  # autouse: no colour
+from .test_cli_unit import run
 from .test_ops import KEYS, NODE, sleeper
 from .test_ops import ops as ops  # the fixture
 
 if TYPE_CHECKING:
+    from .test_cli_unit import FakeDaemon
     from .test_ops import Ops
 
 
@@ -173,3 +178,49 @@ async def test_the_page_keeps_the_last_events(ops: Ops) -> None:
         web.record(Change("put", second, first), KEYS)
     assert len(web.events) == 200
     assert web.events[-1]["text"] == "node n2: online -> offline (lease expired)"
+
+
+# -- ringctl summary -----------------------------------------------------------------
+
+NOT_OK = {
+    "ok": False,
+    "nodes_online": ["n1"],
+    "nodes_draining": ["n2"],
+    "nodes_offline": ["n3"],
+    "children": 3,
+    "instances": 4,
+    "states": {"failed": 1, "pending": 1, "running": 2},
+    "pending_reasons": [{"reason": "no eligible node: needs zone=x", "count": 1}],
+    "failure_reasons": [{"reason": "exit 3", "count": 1}],
+    "groups_failed": {"g": "n2: too many restarts"},
+    "moves_pending": 2,
+    "misplaced": [{"instance": "m/1", "node": "n2", "owner": "n1"}],
+    "rollouts": [{"id": "r", "state": "halted", "reason": "r/1 exited 1"}],
+}
+
+
+def test_ringctl_summary_exits_1_unless_ok_and_says_why(daemon: FakeDaemon) -> None:
+    daemon.results["summary"] = NOT_OK
+    result = run(daemon, "summary")
+    assert result.exit_code == 1, result.output
+    out = result.stdout
+    for expected in (
+        "NOT OK",
+        "nodes online\t1 (n1)",
+        "nodes draining\t1 (n2)",
+        "nodes offline\t1 (n3)",
+        "3 (4 instances)",
+        "failed=1, pending=1, running=2",
+        "1 x no eligible node: needs zone=x",
+        "1 x exit 3",
+        "g (n2: too many restarts)",
+        "m/1 on n2 (owner n1)",
+        "r halted: r/1 exited 1",
+    ):
+        assert expected in out, (expected, out)
+    as_json = run(daemon, "summary", "--json")
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.stdout) == NOT_OK
+    daemon.results["summary"] = {**NOT_OK, "ok": True}
+    assert run(daemon, "summary").exit_code == 0
+    assert run(daemon, "--json", "summary").exit_code == 0
