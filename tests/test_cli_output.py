@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from rich.console import Console
 from ringctl import format as fmt
 from ringctl import main as ctl
 
-from .test_cli_unit import ROWS, STATUS, FakeDaemon, daemon, run  # noqa: F401 - fixture
+from .test_cli_unit import NOW, ROWS, STATUS, FakeDaemon, daemon, run  # noqa: F401 - fixture
 
 if TYPE_CHECKING:
     from click.testing import Result
@@ -40,6 +41,10 @@ def piped_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fmt, "console", Console(color_system=None, width=80))
     monkeypatch.setattr(fmt, "err_console", Console(stderr=True, color_system=None, width=80))
     monkeypatch.delenv("RINGD_SOCKET", raising=False)
+    # Uptimes are rendered against the rows' NOW, however long the tests have run.
+    monkeypatch.setattr(
+        fmt, "time", types.SimpleNamespace(time=lambda: NOW, strftime=time.strftime)
+    )
 
 
 def plain_lines(text: str) -> list[str]:
