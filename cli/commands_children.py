@@ -310,9 +310,10 @@ def delete_child(client: Client, child_id: str, wait: bool, timeout: float) -> N
 @json_option
 @pass_client
 def terminate_child(client: Client, child_id: str) -> None:
-    """Stop a child on this node; it stays stopped until restart-child.
+    """Stop a child where it runs; it stays stopped until restart-child.
 
-    Only the node the child runs on does it: ask that node's ringctl.
+    Another node's daemon asks that node (peer_address). Not cluster-wide: if
+    the child moves (drain, join, node failure), its new node starts it.
     """
     result = call(client, "terminate_child", id=child_id)
     emit(result, lambda row: show_terminated(row, child_id))
@@ -323,7 +324,7 @@ def terminate_child(client: Client, child_id: str) -> None:
 @json_option
 @pass_client
 def restart_child(client: Client, child_id: str) -> None:
-    """Restart a child on this node (also a terminated, stopped or failed one)."""
+    """Restart a child where it runs (also a terminated, stopped or failed one)."""
     result = call(client, "restart_child", id=child_id)
     emit(result, lambda row: show_restarted(row, child_id))
 
@@ -334,6 +335,6 @@ def restart_child(client: Client, child_id: str) -> None:
 @json_option
 @pass_client
 def signal_child(client: Client, child_id: str, sig: str) -> None:
-    """Send a signal (HUP, SIGUSR1, 15, ...) to a child on this node."""
+    """Send a signal (HUP, SIGUSR1, 15, ...) to a child where it runs."""
     result = call(client, "signal_child", id=child_id, signal=sig)
     emit(result, lambda row: show_signalled(row, child_id, sig))

@@ -3,13 +3,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from .app import as_json, call, cli, daemon_errors, emit, json_option, pass_client, stream_events
+from .app import (
+    EXIT_TIMEOUT,
+    CtlError,
+    as_json,
+    call,
+    cli,
+    daemon_errors,
+    emit,
+    json_option,
+    pass_client,
+    stream_events,
+)
 from .completion import complete_child_id
 from .format import live_display, now_rfc3339, on_terminal, text_line
 from .live import LiveTable
@@ -78,9 +91,11 @@ def echo_event_json(event: Any) -> None:
 @json_option
 @pass_client
 def logs(client: Client, child_id: str, lines: int, follow: bool) -> None:
-    """Show a child's output (stdout and stderr) from this node's log.
+    """Show a child's output (stdout and stderr), from the node it runs on.
 
-    Only the node the child runs on has it: ask that node's ringctl.
+    Another node's daemon asks that node (peer_address). With -f, it keeps
+    following the child when it moves, printing "-- ID: now on NODE (fence F) --"
+    and then the new instance's output.
     """
     if follow:
         follow_logs(client, child_id, lines)
@@ -92,6 +107,56 @@ def follow_logs(client: Client, child_id: str, lines: int) -> None:
     """Echo the ``logs_follow`` stream until the daemon closes it or Ctrl-C."""
     show = echo_json if as_json() else click.echo
     stream_events(client, show, "logs_follow", id=child_id, lines=lines)
+
+
+@cli.command("exec")
+@click.argument("child_id", metavar="ID", shell_complete=complete_child_id)
+@click.argument("argv", nargs=-1, required=True, metavar="-- CMD [ARGS]...")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="Kill CMD (and its process group) after S seconds.",
+)
+@json_option
+@pass_client
+def exec_command(client: Client, child_id: str, argv: tuple[str, ...], timeout: float) -> None:
+    """Run CMD where the child runs now, with its environment and cwd.
+
+    CMD gets the child's RINGD_* variables (RINGD_NODE, RINGD_FENCE, ...), its
+    env and its cwd; its stdout and stderr come back here and ringctl exits with
+    its status (128+N if killed by signal N). Refused if the child moved meanwhile
+    (the message says where to). At --timeout, CMD is killed: exit 5.
+    """
+    client.timeout = timeout + 30  # connecting to its node, then CMD's own time
+    status: dict[str, Any] = {}
+    try:
+        with contextlib.closing(
+            client.stream("exec", id=child_id, argv=list(argv), timeout=timeout)
+        ) as replies:
+            while True:
+                with daemon_errors(client):
+                    reply = next(replies, None)
+                if reply is None:
+                    break
+                event = reply.get("event") or {}
+                if as_json():
+                    echo_json(event)
+                elif "data" in event:
+                    out = sys.stderr if event.get("stream") == "stderr" else sys.stdout
+                    out.write(str(event["data"]))
+                    out.flush()
+                if "exit" in event:
+                    status = event
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    if not status:
+        raise CtlError(f"exec on {child_id}: the connection ended before CMD did")
+    if status.get("timed_out"):
+        raise CtlError(f"exec on {child_id}: {argv[0]} killed after {timeout:g} s", EXIT_TIMEOUT)
+    raise SystemExit(int(status["exit"]))
 
 
 @cli.command("watch")

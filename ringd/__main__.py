@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="exit 1 if etcd is not reached in time (default: wait)")  # fmt: skip
     start.add_argument("--web-address", metavar="HOST:PORT",
                        help="serve the status page (and /metrics) there; '' for none")  # fmt: skip
+    start.add_argument("--peer-address", metavar="HOST:PORT",
+                       help="serve other daemons there (forwarded ops); '' for none")  # fmt: skip
+    start.add_argument("--peer-token-file", metavar="FILE",
+                       help="the shared secret peers present (its first line)")  # fmt: skip
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", metavar="FILE")
     return parser
@@ -48,6 +52,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_level": args.log_level,
         "etcd_wait": args.etcd_wait,
         "web_address": args.web_address,
+        "peer_address": args.peer_address,
+        "peer_token_file": args.peer_token_file,
     }
 
 

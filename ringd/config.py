@@ -68,6 +68,16 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # host:port of the read-only status page (and /metrics); unset: 127.0.0.1 on a free
     # port in standalone mode, no page otherwise; "": no page.
     web_address: str | None = None
+    # host:port where other daemons reach this one (logs, restart, signal, exec of a
+    # child running here, asked on another node); unset or "": no peer listener.
+    peer_address: str | None = None
+    # A file whose first line is the cluster's shared peer secret.
+    peer_token_file: str | None = None
+    # TLS for the peer listener and this daemon's peer connections: the CA that
+    # signs every daemon's certificate, and this daemon's certificate and key.
+    peer_ca_cert: str | None = None
+    peer_cert: str | None = None
+    peer_key: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Executables run on every status change of another node (see ringd.toml(5)).
     hooks_dir: str | None = None
@@ -117,6 +127,16 @@ def _check(config: Config) -> list[str]:
         host, colon, port = config.web_address.rpartition(":")
         if not colon or not host or not port.isdigit() or int(port) > 65535:
             found.append(f"web_address: {config.web_address!r} is not HOST:PORT")
+    if config.peer_address:
+        host, colon, port = config.peer_address.rpartition(":")
+        if not colon or not host or not port.isdigit() or int(port) > 65535:
+            found.append(f"peer_address: {config.peer_address!r} is not HOST:PORT")
+        if not config.peer_token_file and not config.peer_ca_cert:
+            found.append("peer_address: needs peer_token_file or peer_ca_cert (peers authenticate)")
+    if bool(config.peer_ca_cert) != bool(config.peer_cert) or bool(config.peer_cert) != bool(
+        config.peer_key
+    ):
+        found.append("peer_ca_cert/peer_cert/peer_key: give all three or none")
     if bool(config.etcd_user) != bool(config.etcd_password):
         found.append("etcd_user/etcd_password: give both or neither")
     return found

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 # A streaming handler yields events until the client goes away.
 StreamHandler = Callable[[dict[str, Any]], AsyncGenerator[Any, None]]
+# Before a connection's first request (the peer listener's TLS handshake and token):
+# the stream to converse on, or None when it did not authenticate (it is then closed).
+Authenticator = Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream | None]]
 _HANG_UP_POLL = 1.0  # seconds between looks at a half-closed stream's socket
 
 
@@ -87,6 +90,8 @@ class ControlServer:
         max_connections: int = 128,
         max_concurrent_ops: int = 4,
         max_line: int = protocol.MAX_LINE,
+        authenticate: Authenticator | None = None,
+        eof_is_hang_up: bool = False,
     ) -> None:
         self.path = path
         self.handlers = handlers
@@ -94,6 +99,10 @@ class ControlServer:
         self.mode = mode
         self.group = group
         self.max_line = max_line
+        self.authenticate = authenticate
+        # A client that ends its input has hung up (peers never half-close): a stream
+        # op ends at once instead of at its next event.
+        self.eof_is_hang_up = eof_is_hang_up
         self._limit = trio.Semaphore(max_connections)
         self._busy = trio.CapacityLimiter(max_concurrent_ops)
         self._sock: trio.socket.SocketType | None = None
@@ -164,12 +173,25 @@ class ControlServer:
                 await self._send(stream, protocol.error(None, "busy", "too many connections"))
                 return
             async with self._limit:
+                talk = stream  # or what ``authenticate`` made of it (TLS)
                 try:
-                    await self._conversation(stream)
+                    if self.authenticate is not None:
+                        authenticated = await self.authenticate(stream)
+                        if authenticated is None:
+                            return
+                        talk = authenticated
+                    await self._conversation(talk)
                 except ProtocolError as exc:
-                    await self._send(stream, protocol.error(None, exc.code, str(exc)))
+                    await self._send(talk, protocol.error(None, exc.code, str(exc)))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the client went away
+                finally:
+                    if talk is not stream:  # TLS ends with its close_notify
+                        with (
+                            trio.move_on_after(1),
+                            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                        ):
+                            await talk.aclose()
 
     async def _send(self, stream: trio.abc.SendStream, data: bytes) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -196,13 +218,15 @@ class ControlServer:
                 raise group.exceptions[0] from None
             raise
 
-    @staticmethod
-    async def _cancel_on_hang_up(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    async def _cancel_on_hang_up(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         # Whatever the client sends after a stream request is ignored. End of input
         # may be a half-close (it still reads: "send, shutdown, read" is a fair way
         # to talk) or a hang-up; only a hang-up sets POLLHUP on a Unix socket.
         while await stream.receive_some(4096):
             pass
+        if self.eof_is_hang_up:
+            scope.cancel()
+            return
         if not isinstance(stream, trio.SocketStream):
             return  # no way to tell: a hang-up is noticed at the next event sent
         poller = select.poll()

@@ -25,6 +25,7 @@ from .hooks import Hooks
 from .keys import Keys
 from .membership import Membership
 from .metrics import MetricsServer
+from .peers import PeerClient, PeerServer, credentials
 from .reconciler import Reconciler
 from .sdnotify import Notifier
 from .standalone import PrivateEtcd
@@ -68,6 +69,7 @@ class Parts:
     metrics: MetricsServer | None
     hooks: Hooks | None
     web: Web | None = None  # the status page (web_address)
+    peer: PeerServer | None = None  # the peer listener (peer_address)
 
 
 def build(config: Config, endpoints: list[str]) -> Parts:
@@ -120,6 +122,7 @@ def build(config: Config, endpoints: list[str]) -> Parts:
         rebalance_rate=config.rebalance_rate,
     )
     figures = Figures()
+    creds = credentials(config)  # the files are read now: a bad one is a ConfigError
     context = ops.Context(
         config=config,
         etcd=etcd,
@@ -129,6 +132,7 @@ def build(config: Config, endpoints: list[str]) -> Parts:
         supervisor=supervisor,
         reconciler=reconciler,
         figures=figures,
+        peers=PeerClient(creds) if creds is not None else None,
     )
     control = ControlServer(
         config.socket,
@@ -159,9 +163,17 @@ def build(config: Config, endpoints: list[str]) -> Parts:
         )
     served = MetricsServer(config.metrics_address, supervisor) if config.metrics_address else None
     web = Web(config.web, context) if config.web else None
+    peer = None
+    if config.peer_address and creds is not None:
+        peer = PeerServer(
+            config.peer_address,
+            creds,
+            ops.handlers(context, peer=True),
+            ops.stream_handlers(context, peer=True),
+        )
     return Parts(
         etcd, guard, view, membership, supervisor, reconciler, control, publisher, served, hooks,
-        web=web,
+        web=web, peer=peer,
     )  # fmt: skip
 
 
@@ -196,6 +208,14 @@ async def run(config: Config) -> None:
         except BaseException:
             parts.control.close()
             raise
+    if parts.peer is not None:
+        try:
+            parts.membership.peer_address = parts.peer.bind()  # advertised in the alive record
+        except BaseException:
+            parts.control.close()
+            if parts.web is not None:
+                parts.web.close()
+            raise
     try:
         if private is not None:
             logger.info("standalone mode: starting a private etcd in %s", private.data_dir)
@@ -207,6 +227,8 @@ async def run(config: Config) -> None:
         parts.control.close()
         if parts.web is not None:
             parts.web.close()
+        if parts.peer is not None:
+            parts.peer.close()
         if private is not None:
             logger.info("stopping the private etcd")
             await trio.to_thread.run_sync(private.stop)
@@ -244,6 +266,8 @@ async def _serve(config: Config, parts: Parts, endpoints: list[str], notifier: N
                             )
                         await nursery.start(parts.reconciler.run)
                         await nursery.start(parts.control.run)
+                        if parts.peer is not None:
+                            await nursery.start(parts.peer.run)
                         if parts.web is not None:
                             await nursery.start(parts.web.run)
                         await nursery.start(parts.publisher.run)

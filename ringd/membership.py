@@ -109,6 +109,8 @@ class Membership:
         self.changed = trio.Event()  # set (and replaced) when registration changes
         self._registered_once = False
         self._fence_reason = ""
+        # host:port of this daemon's peer listener once bound (``ringd.peers``), or "".
+        self.peer_address = ""
 
     # -- state ------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class Membership:
                 groups=self.config.groups,
                 started=now_rfc3339(),
                 lease=self.lease_id,
+                peer_address=self.peer_address,
             )
         )
 

@@ -203,6 +203,20 @@ class LogsArgs(Args, frozen=True, kw_only=True):
     ] = 10
 
 
+class ExecArgs(Args, frozen=True, kw_only=True):
+    """``exec``: run ``argv`` beside a child instance, where it runs now, with its
+    environment and cwd. ``fence``: the instance the caller saw (its claim's create
+    revision); the owner refuses when it runs another one. None: the one the
+    asked daemon's view names."""
+
+    id: Instance
+    argv: Annotated[
+        list[str], msgspec.Meta(min_length=1, description="must be a command and its arguments")
+    ]
+    timeout: Timeout = 60.0
+    fence: int | None = None
+
+
 class NodeArgs(Args, frozen=True, kw_only=True):
     """``undrain`` and ``forget_node``."""
 

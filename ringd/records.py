@@ -43,6 +43,7 @@ class Alive(msgspec.Struct, frozen=True, kw_only=True):
     groups: list[str] = []
     started: str = ""
     lease: int | None = None
+    peer_address: str = ""  # host:port of its peer listener; "": it takes no peer connections
 
 
 class Status(msgspec.Struct, frozen=True, kw_only=True):

@@ -456,6 +456,10 @@ class Supervisor:
 
     # -- processes --------------------------------------------------------------------
 
+    def child_env(self, child: Child) -> dict[str, str]:
+        """The environment ``child`` runs with (``ringctl exec`` runs beside it so)."""
+        return self._env(child)
+
     def _env(self, child: Child) -> dict[str, str]:
         env = dict(self._base_env)
         env.update(child.spec.env)

@@ -31,7 +31,7 @@ from ringd.figures import Figures
 from ringd.handoff import Handoff
 from ringd.keys import Keys
 from ringd.memstore import MemoryEtcd
-from ringd.ops import Context, handlers, stream_handlers
+from ringd.ops import Context, forward, handlers, stream_handlers
 from ringd.protocol import MAX_BATCH, ChildRow, Encoded, GroupRow
 from ringd.reconciler import Reconciler
 from ringd.records import Alive, Claim, Status
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from ringd.etcd import Etcd
     from ringd.membership import Membership
+    from ringd.peers import PeerClient
     from ringd.supervisor import Supervisor
 
 KEYS = Keys("/ringd/t/")
@@ -69,6 +70,7 @@ class FakeChild:
     pid: int | None = 4242
     state: State = State.RUNNING
     last_exit: str = "exit 0"
+    fence: int = 7
 
     @property
     def id(self) -> str:
@@ -620,7 +622,10 @@ async def test_local_ops_refuse_a_child_that_runs_elsewhere(ops: Ops) -> None:
     ):
         error = await ops.fails(op, id="away", **args)
         assert isinstance(error, Refused)
-        assert str(error) == "child away runs on node n2, not n1: use that node's ringctl"
+        assert str(error) == (
+            "child away runs on node n2, not n1, and peer access is off "
+            "(n2 has no peer_address): use that node's ringctl"
+        )
         error = await ops.fails(op, id="away/1", **args)
         assert str(error) == "child away/1 is not running on any node"
         for missing in ("away/2", "ghost"):
@@ -651,6 +656,76 @@ async def test_local_ops_act_on_a_child_here(ops: Ops) -> None:
     ops.supervisor.children["here"].pid = None
     error = await ops.fails("signal_child", id="here", signal="HUP")
     assert isinstance(error, Refused) and str(error) == "child here is not running"
+
+
+@dataclass
+class FakePeers:
+    """Records what a daemon forwards to which node (``peers.PeerClient``)."""
+
+    calls: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+
+    async def call(self, node: str, address: str, op: str, args: dict[str, Any]) -> Any:
+        self.calls.append((node, address, op, args))
+        if op == "logs":
+            return {"id": args["id"], "node": node, "lines": ["from " + node]}
+        return {**FakeChild(args["id"]).info(), "node": node}
+
+
+async def test_ops_on_a_child_elsewhere_are_forwarded_to_its_node(ops: Ops) -> None:
+    """The forwarding decision: the claim's node, at its alive record's peer_address,
+    with the claim's create revision as the fence; refused (naming the node) when
+    that node has no peer address or this one no credentials."""
+    await ops.node(NODE)
+    await ops.put(KEYS.alive("n2"), Alive(node="n2", peer_address="127.0.0.1:7001"))
+    await ops.put(KEYS.status("n2"), Status(node="n2", status="online"))
+    await ops.call("start_child", spec=sleeper("away"))
+    await ops.claim("away", "n2")
+    error = await ops.fails("terminate_child", id="away")
+    assert isinstance(error, Refused) and str(error) == (
+        "child away runs on node n2, not n1, and peer access is off "
+        "(no peer credentials here): use that node's ringctl"
+    )
+    peers = FakePeers()
+    ops.ctx.peers = cast("PeerClient", peers)
+    where = forward.locate(ops.ctx, "away")
+    claim = ops.ctx.view.claim("away")
+    assert claim is not None
+    assert where == forward.There("n2", "127.0.0.1:7001", claim.kv.create_revision)
+    row = await ops.call("terminate_child", id="away")
+    assert (row.id, row.node, row.state) == ("away", "n2", "running")
+    assert (await ops.call("logs", id="away", lines=3)).lines == ["from n2"]
+    await ops.call("signal_child", id="away", signal="HUP")
+    assert [(c[0], c[2], c[3]) for c in peers.calls] == [
+        ("n2", "terminate_child", {"id": "away"}),
+        ("n2", "logs", {"id": "away", "lines": 3}),
+        ("n2", "signal_child", {"id": "away", "signal": "HUP"}),
+    ]
+    # Here: the local supervisor's, never forwarded.
+    ops.supervisor.children["here"] = FakeChild("here")
+    assert forward.locate(ops.ctx, "here") == forward.Here(7)
+    await ops.call("restart_child", id="here")
+    assert len(peers.calls) == 3 and ops.supervisor.calls == [("restart", "here")]
+    # Its claim gone: running nowhere, refused; the spec gone: not found.
+    await ops.etcd.delete(KEYS.claim("away"))
+    await ops.settle()
+    error = await ops.fails("restart_child", id="away")
+    assert isinstance(error, Refused) and str(error) == "child away is not running on any node"
+    assert isinstance(await ops.fails("logs", id="ghost"), NotFound)
+
+
+async def test_the_peer_listener_serves_only_ops_on_a_child_here(ops: Ops) -> None:
+    """Never forwarded again, and nothing that changes the cluster."""
+    served = set(handlers(ops.ctx, peer=True)) | set(stream_handlers(ops.ctx, peer=True))
+    assert served == {
+        "ping", "terminate_child", "restart_child", "signal_child", "logs", "logs_follow", "exec",
+    }  # fmt: skip
+    await ops.node(NODE)
+    await ops.put(KEYS.alive("n2"), Alive(node="n2", peer_address="127.0.0.1:7001"))
+    await ops.call("start_child", spec=sleeper("away"))
+    await ops.claim("away", "n2")
+    ops.ctx.peers = cast("PeerClient", FakePeers())
+    with pytest.raises(Refused, match="runs on node n2, not n1"):
+        await handlers(ops.ctx, peer=True)["terminate_child"]({"id": "away"})
 
 
 async def test_logs_of_a_child_here(ops: Ops) -> None:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..figures import Figures
     from ..keys import Keys
     from ..membership import Membership
+    from ..peers import PeerClient
     from ..reconciler import Reconciler
     from ..supervisor import Supervisor
     from ..view import ClusterView
@@ -44,6 +45,7 @@ class Context:
     figures: Figures
     started: float = field(default_factory=time.time)  # unix time: status's uptime
     web: str | None = None  # the status page's URL, once it serves (``ringd.web``)
+    peers: PeerClient | None = None  # asks other nodes (None: no peer credentials)
     listing: Listing = field(init=False)
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from ..protocol import (
     DeleteChildArgs,
     DeleteGroupArgs,
     DrainArgs,
+    ExecArgs,
     ExportArgs,
     FindArgs,
     InstanceArgs,
@@ -32,7 +33,7 @@ from ..protocol import (
     WhichChildrenArgs,
     decode_args,
 )
-from . import children, groups, local, nodes, streams, summary, updates
+from . import children, forward, groups, local, nodes, streams, summary, updates
 
 if TYPE_CHECKING:
     from .context import Context
@@ -71,10 +72,11 @@ OPS: dict[str, Op[Any]] = {
     "groups": Op(Args, groups.groups),
     "delete_group": Op(DeleteGroupArgs, groups.delete_group),
     "reset_group": Op(ResetGroupArgs, groups.reset_group),
-    "terminate_child": Op(InstanceArgs, local.terminate_child),
-    "restart_child": Op(InstanceArgs, local.restart_child),
-    "signal_child": Op(SignalChildArgs, local.signal_child),
-    "logs": Op(LogsArgs, streams.logs),
+    # Where the instance runs: here, or forwarded to its node's peer listener.
+    "terminate_child": Op(InstanceArgs, forward.terminate_child),
+    "restart_child": Op(InstanceArgs, forward.restart_child),
+    "signal_child": Op(SignalChildArgs, forward.signal_child),
+    "logs": Op(LogsArgs, forward.logs),
     "drain": Op(DrainArgs, nodes.drain),
     "undrain": Op(NodeArgs, nodes.undrain),
     "forget_node": Op(NodeArgs, nodes.forget_node),
@@ -86,20 +88,35 @@ OPS: dict[str, Op[Any]] = {
     "summary": Op(Args, summary.summary),
 }
 STREAMS: dict[str, StreamOp[Any]] = {
-    "logs_follow": StreamOp(LogsArgs, streams.logs_follow),
+    "logs_follow": StreamOp(LogsArgs, forward.logs_follow),
     "watch": StreamOp(WatchArgs, streams.watch),
+    "exec": StreamOp(ExecArgs, forward.exec_),
+}
+# What the peer listener serves other daemons: only the ops on an instance running
+# here, never forwarded again.
+PEER_OPS: dict[str, Op[Any]] = {
+    "ping": Op(Args, nodes.ping),
+    "terminate_child": Op(InstanceArgs, local.terminate_child),
+    "restart_child": Op(InstanceArgs, local.restart_child),
+    "signal_child": Op(SignalChildArgs, local.signal_child),
+    "logs": Op(LogsArgs, streams.logs),
+}
+PEER_STREAMS: dict[str, StreamOp[Any]] = {
+    "logs_follow": StreamOp(LogsArgs, streams.logs_follow),
+    "exec": StreamOp(ExecArgs, streams.exec_),
 }
 
 
-def handlers(ctx: Context) -> dict[str, Handler]:
-    """Every op bound to ``ctx``: ``handler(args)`` decodes ``args`` (InvalidSpec
-    naming the bad one) and runs the op."""
-    return {name: _bind(op, ctx) for name, op in OPS.items()}
+def handlers(ctx: Context, *, peer: bool = False) -> dict[str, Handler]:
+    """Every op bound to ``ctx`` (``peer``: those the peer listener serves):
+    ``handler(args)`` decodes ``args`` (InvalidSpec naming the bad one) and runs it."""
+    return {name: _bind(op, ctx) for name, op in (PEER_OPS if peer else OPS).items()}
 
 
-def stream_handlers(ctx: Context) -> dict[str, StreamHandler]:
+def stream_handlers(ctx: Context, *, peer: bool = False) -> dict[str, StreamHandler]:
     """Every streaming op bound to ``ctx`` (arguments decoded when it is called)."""
-    return {name: _bind_stream(op, ctx) for name, op in STREAMS.items()}
+    table = PEER_STREAMS if peer else STREAMS
+    return {name: _bind_stream(op, ctx) for name, op in table.items()}
 
 
 def _bind(op: Op[A], ctx: Context) -> Handler:
