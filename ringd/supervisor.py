@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -265,6 +267,10 @@ class Supervisor:
         self._sweep_wanted = trio.Event()
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("RINGD_")}
         self.io = ChildIO()  # every child's output pipe and exit, in one task
+        # (when, sequence, child, pid): instances without a check, ready at ``when``
+        self._readiness: list[tuple[float, int, Child, int]] = []
+        self._ready_seq = itertools.count()
+        self._readiness_changed = trio.Event()
 
     def _report(self, event: SupervisorEvent) -> None:
         if self.events is not None:
@@ -278,6 +284,7 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self.io.run)
+                nursery.start_soon(self._mark_ready)
                 task_status.started()
                 await self._sweep_escapees()
         finally:
@@ -285,6 +292,25 @@ class Supervisor:
             for child in self.children.values():
                 if child.pid is not None:
                     kill_group(child.pid, signal.SIGKILL)
+
+    def _became_ready(self, child: Child) -> None:
+        # An earlier failure of this spec before it was ready no longer halts the
+        # rollout (nothing else could resume it).
+        child.ready, child.halted = True, ""
+        self._report(ChildChanged(child.id))
+
+    async def _mark_ready(self) -> None:
+        """Children without a check are ready once they have run ``min_ready``
+        seconds (the same instance: a restart meanwhile starts its own timer)."""
+        while True:
+            now = trio.current_time()
+            while self._readiness and self._readiness[0][0] <= now:
+                _, _, child, pid = heapq.heappop(self._readiness)
+                if child.pid == pid and child.state == State.RUNNING and not child.ready:
+                    self._became_ready(child)
+            self._readiness_changed = trio.Event()
+            with trio.move_on_at(self._readiness[0][0] if self._readiness else math.inf):
+                await self._readiness_changed.wait()
 
     async def _sweep_escapees(self) -> None:
         """Kill processes of stopped children that left their process group (a
@@ -558,7 +584,12 @@ class Supervisor:
         child.state = State.RUNNING
         child.ready, child.check_failures, child.health_kill = False, 0, ""
         child.health = "starting" if child.spec.check else ""
-        self._nursery.start_soon(self._tend, child, pid)
+        if child.spec.check:
+            self._nursery.start_soon(self._tend, child, pid)
+        else:  # only readiness: a timer in one shared heap, not a task per child
+            due = trio.current_time() + child.spec.min_ready
+            heapq.heappush(self._readiness, (due, next(self._ready_seq), child, pid))
+            self._readiness_changed.set()
         self._report(ChildChanged(child.id))
         return True
 
@@ -601,10 +632,7 @@ class Supervisor:
             while child.pid == pid:
                 now = trio.current_time()
                 if not child.ready and passed and now >= start + spec.min_ready:
-                    # Ready: an earlier failure of this spec before it was ready no
-                    # longer halts the rollout (nothing else could resume it).
-                    child.ready, child.halted = True, ""
-                    self._report(ChildChanged(child.id))
+                    self._became_ready(child)
                 ready_at = start + spec.min_ready if passed and not child.ready else math.inf
                 if min(next_check, ready_at) == math.inf:
                     return
