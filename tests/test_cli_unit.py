@@ -768,6 +768,35 @@ def test_logs_follow_json_prints_one_string_per_line(daemon: FakeDaemon) -> None
     assert [json.loads(line) for line in result.stdout.splitlines()] == ["one", 'say "hi"']
 
 
+def test_exec_streams_output_and_exits_with_the_commands_status(daemon: FakeDaemon) -> None:
+    daemon.streams["exec"] = [
+        {"stream": "stdout", "data": "n2 1234\n"},
+        {"stream": "stderr", "data": "warn\n"},
+        {"exit": 3, "timed_out": False},
+    ]
+    result = run(daemon, "exec", "web/1", "--", "sh", "-c", "echo $RINGD_NODE; exit 3")
+    assert result.exit_code == 3
+    assert (result.stdout, result.stderr) == ("n2 1234\n", "warn\n")
+    assert daemon.requests == [
+        ("exec", {"id": "web/1", "argv": ["sh", "-c", "echo $RINGD_NODE; exit 3"], "timeout": 60.0})
+    ]
+
+
+def test_exec_timed_out_exits_5(daemon: FakeDaemon) -> None:
+    daemon.streams["exec"] = [{"exit": 137, "timed_out": True}]
+    result = run(daemon, "exec", "web", "--timeout", "2", "--", "sleep", "9")
+    assert result.exit_code == 5
+    assert result.stderr == "ringctl: exec on web: sleep killed after 2 s\n"
+
+
+def test_exec_refused_when_the_child_moved(daemon: FakeDaemon) -> None:
+    message = "child web moved or was started again: it runs on node n3 now (fence 9, not 7)"
+    daemon.errors["exec"] = ("refused", message)
+    result = run(daemon, "exec", "web", "--", "true")
+    assert result.exit_code == 1
+    assert result.stderr == f"ringctl: {message}\n"
+
+
 def test_logs_follow_errors_map_like_calls(daemon: FakeDaemon) -> None:
     daemon.errors["logs_follow"] = ("not_found", "no child named 'web'")
     result = run(daemon, "logs", "-f", "web")
