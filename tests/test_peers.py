@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ringd.config import load
+from ringd.errors import ConfigError
 from ringd.protocol import RemoteError
 from ringd.standalone import free_port
 
@@ -185,29 +187,36 @@ def test_every_command_works_from_a_node_that_does_not_run_the_child(
         20,
         "web restarted after SIGTERM",
     )
-    done = other.ctl("restart-child", "web")
-    assert done.returncode == 0, done.stderr
-    wait_until(
-        lambda: (
-            (r := a.call("find", id="web"))["pid"] not in (None, row["pid"])
-            and r["state"] == "running"
-        ),
-        20,
-        "web restarted with another pid",
-    )
-    assert a.call("find", id="web")["fence"] == fence  # the same instance, restarted
-
-    # terminate-child from the other node: stopped on its node, not cluster-wide.
-    done = other.ctl("terminate-child", "web")
-    assert done.returncode == 0, done.stderr
-    wait_until(lambda: a.call("find", id="web")["state"] == "stopped", 20, "web stopped")
-
-    # logs -f from the other node, then the owner drains: web moves to the other
-    # node, where it runs again (a terminated child that moves is started there);
-    # the follower says so and goes on with the new instance's output.
-    follower = Follower(other, "web", "-f", "-n", "5")
+    # logs -f from the other node: it goes on across a restart (the same instance,
+    # no marker) and a move (a marker, then the new instance's output).
+    # -n 50: after the move, the new instance's last 50 lines, its start among them
+    follower = Follower(other, "web", "-f", "-n", "50")
+    restarted = f"start {owner.name} {fence}"
     try:
-        wait_until(lambda: any(line == "tick" for line in follower.lines), 20, "ticks followed")
+        wait_until(lambda: "tick" in follower.lines, 20, "ticks followed")
+        seen = follower.lines.count(restarted)
+        done = other.ctl("restart-child", "web")
+        assert done.returncode == 0, done.stderr
+        wait_until(
+            lambda: (
+                (r := a.call("find", id="web"))["pid"] not in (None, row["pid"])
+                and r["state"] == "running"
+            ),
+            20,
+            "web restarted with another pid",
+        )
+        assert a.call("find", id="web")["fence"] == fence  # the same instance, restarted
+        wait_until(
+            lambda: follower.lines.count(restarted) > seen, 20, "the restart's output followed"
+        )
+
+        # terminate-child from the other node: stopped on its node, not cluster-wide.
+        done = other.ctl("terminate-child", "web")
+        assert done.returncode == 0, done.stderr
+        wait_until(lambda: a.call("find", id="web")["state"] == "stopped", 20, "web stopped")
+
+        # The owner drains: web moves to the other node, where it runs again (a
+        # terminated child that moves is started on its new node).
         done = a.ctl("drain", owner.name, "--wait", "--timeout", "30")
         assert done.returncode == 0, done.stderr
         moved = running(a, "web")
@@ -224,6 +233,7 @@ def test_every_command_works_from_a_node_that_does_not_run_the_child(
     finally:
         follower.stop()
     assert follower.lines.count(marker) == 1
+    assert [line for line in follower.lines if line.startswith("--")] == [marker]
     # logs shows the current instance's; the previous one's stays in its node's log.
     logs = owner.ctl("logs", "web", "-n", "100")
     assert logs.returncode == 0, logs.stderr
@@ -319,6 +329,45 @@ def test_peer_connections_that_do_not_authenticate_are_refused(cluster: Cluster)
         replies = [json.loads(lines.readline()) for _ in range(2)]
     assert replies[0]["result"]["node"] == "a"
     assert replies[1]["error"]["code"] == "protocol"  # not a peer op
+
+
+def test_a_token_only_listener_refuses_with_one_line_and_keeps_serving(
+    cluster: Cluster,
+) -> None:
+    token_file = cluster.base / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = free_port()
+    d = cluster.daemon("a", start=False)
+    d.extra_args += ["--peer-address", f"127.0.0.1:{port}", "--peer-token-file", str(token_file)]
+    d.start()
+    ping = b'{"id": 1, "op": "ping"}\n'
+    for payload in (ping, b'{"token": "guess"}\n' + ping, b"\x00\xff" * 5000 + b"\n", b"[]\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as plain:
+            replies = _exchange(plain, payload)
+        assert [r["error"]["code"] for r in replies] == ["unauthorized"]
+    assert d.call("ping")["node"] == "a"
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as plain:
+        plain.sendall(json.dumps({"token": TOKEN}).encode() + b"\n")
+        plain.shutdown(socket.SHUT_WR)  # and nothing else: it just ends
+        assert _exchange(plain, b"") == []
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as plain:
+        plain.settimeout(15)
+        plain.sendall(json.dumps({"token": TOKEN}).encode() + b"\n" + ping)
+        with plain.makefile("rb") as lines:
+            assert json.loads(lines.readline())["result"]["node"] == "a"
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        ({"peer_address": "127.0.0.1:7000"}, "needs peer_token_file or peer_ca_cert"),
+        ({"peer_address": "7000", "peer_token_file": "t"}, "is not HOST:PORT"),
+        ({"peer_ca_cert": "ca.pem", "peer_cert": "c.pem"}, "give all three or none"),
+    ],
+)
+def test_peer_keys_are_checked_together(keys: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load(None, keys)
 
 
 def test_an_unreadable_token_file_ends_the_start_before_the_node_joins(
