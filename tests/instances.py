@@ -14,16 +14,19 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ringd import procfs
+from ringd.testing.processes import start_sampler, stop_sampler
+
+if TYPE_CHECKING:
+    import subprocess
 
 _ENTRIES = re.compile(rb"(?:^|\0)(RINGD_CHILD_ID|RINGD_REPLICA|TEST_VERSION)=([^\0]*)")
 
@@ -96,15 +99,9 @@ class Sampler:
         """
         command = [sys.executable, "-m", "tests.instances", self.cluster_name,
                    str(os.getpid()), str(self.interval), str(self._out)]  # fmt: skip
-        process = self._process = subprocess.Popen(command, cwd=Path(__file__).parent.parent)
-        deadline = time.monotonic() + timeout
-        while self._out.stat().st_size == 0:
-            if process.poll() is not None or time.monotonic() > deadline:
-                self._process = None
-                process.kill()
-                process.wait()
-                raise AssertionError(f"instance sampler did not start (exit {process.returncode})")
-            time.sleep(0.01)
+        self._process = start_sampler(
+            command, self._out, timeout, "instance sampler", Path(__file__).parent.parent
+        )
         self.began = time.monotonic()
         return self
 
@@ -113,16 +110,7 @@ class Sampler:
         if process is None:
             return
         self.ended = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-        data = json.loads(self._out.read_text())
-        self._out.unlink()
-        assert process.returncode == 0 and "scans" in data, "instance sampler failed"
+        data = stop_sampler(process, self._out, "instance sampler")
         self.scans = [
             Scan(begin, end, tuple(Seen(*s) for s in seen)) for begin, end, seen in data["scans"]
         ]

@@ -33,19 +33,8 @@ if TYPE_CHECKING:
 RINGCTL = str(Path(sys.executable).with_name("ringctl"))
 
 
-def ringctl(daemon: Daemon, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``ringctl --socket <daemon's> ARGS``, to the end."""
-    return subprocess.run(
-        [RINGCTL, "--socket", daemon.socket, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def ok(daemon: Daemon, *args: str) -> str:
-    done = ringctl(daemon, *args)
+    done = daemon.ctl(*args)
     assert done.returncode == 0, f"ringctl {' '.join(args)}: {done.returncode} {done.stderr}"
     return done.stdout
 
@@ -154,7 +143,7 @@ def test_signal_child_delivers_the_signal_to_the_child(cluster: Cluster, short_t
     row = json.loads(ok(a, "--json", "find", "sig"))
     assert (row["pid"], row["state"], row["restarts"]) == (pid, "running", 0)
     # A signal that is not one is refused, and nothing reaches the child.
-    bad = ringctl(a, "signal-child", "sig", "SIGFOO")
+    bad = a.ctl("signal-child", "sig", "SIGFOO")
     assert bad.returncode == 2 and "SIGFOO" in bad.stderr
     assert signals_seen(seen) == ["SIGUSR1", "SIGUSR2"]
 
@@ -373,7 +362,7 @@ def test_start_children_stores_nothing_when_a_later_request_holds_an_invalid_spe
     specs.append({"id": "bad", "argv": [], "env": big})
     path = short_tmp / "specs.json"
     path.write_text(json.dumps(specs))
-    done = ringctl(a, "start-children", str(path))
+    done = a.ctl("start-children", str(path))
     assert done.returncode == 2, done.stderr
     assert "argv" in done.stderr
     assert json.loads(ok(a, "--json", "which-children")) == [], "nothing stored"

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from ringd import procfs
 from ringd.procfs import descendants as descendants  # tests import it from here
+from ringd.testing.processes import start_sampler, stop_sampler
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Iterable
 
 
@@ -231,24 +232,13 @@ class Timeline:
                 ``startup_timeout`` seconds (it is killed): a test must never go on
                 believing it is watched when it is not.
         """
-        process = self._process = subprocess.Popen(self.command(), cwd=Path(__file__).parent.parent)
-        # Started when its first scan is done (the file appears empty, then filled).
-        deadline = time.monotonic() + self.startup_timeout
-        while self._out.stat().st_size == 0:
-            if process.poll() is not None:
-                self._process = None
-                self._out.unlink(missing_ok=True)
-                raise AssertionError(f"timeline sampler exited {process.returncode}")
-            if time.monotonic() > deadline:
-                self._process = None
-                process.kill()
-                process.wait()
-                self._out.unlink(missing_ok=True)
-                raise AssertionError(
-                    f"timeline sampler (pid {process.pid}) did not start within "
-                    f"{self.startup_timeout:g} s"
-                )
-            time.sleep(0.01)
+        self._process = start_sampler(
+            self.command(),
+            self._out,
+            self.startup_timeout,
+            "timeline sampler",
+            Path(__file__).parent.parent,
+        )
         self.began = time.monotonic()
         return self
 
@@ -257,17 +247,7 @@ class Timeline:
         if process is None:
             return
         self.ended = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-        data = json.loads(self._out.read_text())
-        self._out.unlink()
-        if process.returncode != 0 or "scans" not in data:
-            raise AssertionError(f"timeline sampler failed (exit {process.returncode})")
+        data = stop_sampler(process, self._out, "timeline sampler")
         self.scans = [tuple(s) for s in data["scans"]]
         self.seen = {int(pid): Seen(*s) for pid, s in data["seen"].items()}
         self.violations = [(t, i, [tuple(x) for x in inst]) for t, i, inst in data["violations"]]

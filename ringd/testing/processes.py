@@ -5,18 +5,22 @@ processes share the machine)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import procfs
 from ..procfs import alive as alive
 from ..procfs import descendants as descendants
 
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Iterable
+    from pathlib import Path
+
+Popen = subprocess.Popen[bytes]
 
 
 def processes_with_env(
@@ -80,3 +84,48 @@ def hard_stop(process: subprocess.Popen[bytes], also: Iterable[int] = ()) -> Non
     kill_pids(procfs.descendants(process.pid) | set(also))
     process.kill()  # a stopped process dies of SIGKILL too
     process.wait()
+
+
+def start_sampler(command: list[str], out: Path, timeout: float, what: str, cwd: Path) -> Popen:
+    """Start a sampler process that writes a JSON report to ``out`` (empty until its
+    first scan is done) and return once that scan is done.
+
+    Raises:
+        AssertionError: it exited, or did not scan within ``timeout`` (it is killed
+            and ``out`` removed): a test must never go on believing it is watched.
+    """
+    process = subprocess.Popen(command, cwd=cwd)
+    deadline = time.monotonic() + timeout
+    while out.stat().st_size == 0:
+        exited = process.poll() is not None
+        if exited or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            out.unlink(missing_ok=True)
+            raise AssertionError(
+                f"{what} exited {process.returncode}"
+                if exited
+                else f"{what} (pid {process.pid}) did not start within {timeout:g} s"
+            )
+        time.sleep(0.01)
+    return process
+
+
+def stop_sampler(process: Popen, out: Path, what: str) -> dict[str, Any]:
+    """SIGTERM a sampler started by ``start_sampler``, and its report (``out`` removed).
+
+    Raises:
+        AssertionError: it failed (a non-zero exit, or no scans in its report).
+    """
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    data: dict[str, Any] = json.loads(out.read_text())
+    out.unlink()
+    if process.returncode != 0 or "scans" not in data:
+        raise AssertionError(f"{what} failed (exit {process.returncode})")
+    return data
