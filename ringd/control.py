@@ -76,6 +76,34 @@ def _parse(line: bytes) -> tuple[Any, str, dict[str, Any]]:
     return request_id, op, args
 
 
+def listen_tcp(address: str, key: str) -> stdsocket.socket:
+    """A listening TCP socket at ``host:port`` (port 0: a free one), for the peer
+    listener and the web page.
+
+    Raises:
+        ConfigError: naming ``key``, when it cannot be listened on (in use, not a
+            local address, malformed).
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, where = stdsocket.getaddrinfo(
+            host, int(port), type=stdsocket.SOCK_STREAM, flags=stdsocket.AI_PASSIVE
+        )[0]
+        sock = stdsocket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+            sock.bind(where)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"{key}: cannot listen on {address}: {why}") from None
+    return sock
+
+
 class ControlServer:
     """Serves ``handlers`` (op name -> coroutine) on a Unix socket."""
 

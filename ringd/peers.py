@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import protocol
-from .control import ControlServer, read_lines
+from .control import ControlServer, listen_tcp, read_lines
 from .errors import ConfigError, ProtocolError, Refused, RingdError
 
 if TYPE_CHECKING:
@@ -172,24 +172,7 @@ class PeerServer:
         """
         if self.sock is not None:
             return self.advertised
-        host, _, port = self.address.rpartition(":")
-        host = host.strip("[]")
-        try:
-            family, kind, proto, _, where = socket.getaddrinfo(
-                host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(where)
-                sock.listen(128)
-            except OSError:
-                sock.close()
-                raise
-        except (OSError, ValueError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise ConfigError(f"peer_address: cannot listen on {self.address}: {why}") from None
-        self.sock = sock
+        sock = self.sock = listen_tcp(self.address, "peer_address")
         bound_host, bound_port = sock.getsockname()[:2]
         if bound_host in ("0.0.0.0", "::"):  # every interface: peers find it by name
             bound_host = socket.getfqdn()

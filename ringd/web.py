@@ -14,20 +14,21 @@ import collections
 import ipaddress
 import logging
 import os
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from . import hooks
-from .errors import ConfigError
+from .control import listen_tcp
 from .ops import groups as group_ops
 from .ops import nodes as node_ops
 from .ops import summary as summary_ops
 from .protocol import Args, dump_result
 
 if TYPE_CHECKING:
+    import socket
+
     from .ops import Context
     from .view import Change
 
@@ -98,24 +99,7 @@ class Web:
         Raises:
             ConfigError: the address cannot be listened on (in use, not local).
         """
-        host, _, port = self.address.rpartition(":")
-        host = host.strip("[]")
-        try:
-            family, kind, proto, _, where = socket.getaddrinfo(
-                host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(where)
-                sock.listen(128)
-            except OSError:
-                sock.close()
-                raise
-        except (OSError, ValueError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise ConfigError(f"web_address: cannot listen on {self.address}: {why}") from None
-        self.sock = sock
+        sock = self.sock = listen_tcp(self.address, "web_address")
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}/"
