@@ -23,7 +23,7 @@ from .app import (
     pass_client,
     stream_events,
 )
-from .completion import complete_child_id
+from .completion import complete_child_id, complete_node
 from .format import live_display, now_rfc3339, on_terminal, text_line
 from .live import LiveTable
 
@@ -88,19 +88,31 @@ def echo_event_json(event: Any) -> None:
     help="How many of the last lines to show.",
 )
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@click.option(
+    "--node",
+    metavar="N",
+    shell_complete=complete_node,
+    help="The log kept on node N (a previous instance's, after a move).",
+)
 @json_option
 @pass_client
-def logs(client: Client, child_id: str, lines: int, follow: bool) -> None:
+def logs(client: Client, child_id: str, lines: int, follow: bool, node: str | None) -> None:
     """Show a child's output (stdout and stderr), from the node it runs on.
 
     Another node's daemon asks that node (peer_address). With -f, it keeps
     following the child when it moves, printing "-- ID: now on NODE (fence F) --"
-    and then the new instance's output.
+    and then the new instance's output. With --node N, the log kept on N: the
+    output of the instance that ran there before it moved.
     """
     if follow:
+        if node is not None:
+            raise click.UsageError("--node and --follow go separately")
         follow_logs(client, child_id, lines)
         return
-    emit(call(client, "logs", id=child_id, lines=lines), show_log)
+    args: dict[str, object] = {"id": child_id, "lines": lines}
+    if node is not None:
+        args["node"] = node
+    emit(call(client, "logs", **args), show_log)
 
 
 def follow_logs(client: Client, child_id: str, lines: int) -> None:

@@ -201,6 +201,9 @@ class LogsArgs(Args, frozen=True, kw_only=True):
             ge=0, le=MAX_LOG_LINES, description=f"must be an integer in [0, {MAX_LOG_LINES}]"
         ),
     ] = 10
+    # logs only: the log kept on this node (the previous instance's, after a move),
+    # whether or not the instance runs there now
+    node: Name | None = None
 
 
 class ExecArgs(Args, frozen=True, kw_only=True):

@@ -240,6 +240,13 @@ def test_every_command_works_from_a_node_that_does_not_run_the_child(
     assert f"start {other.name} {moved['fence']}" in logs.stdout.splitlines()
     old_log = (owner.state_dir / "logs" / "web.log").read_text()
     assert f"start {owner.name} {fence}" in old_log.splitlines()
+    # ... and is readable from the other node too: logs --node names where it ran.
+    previous = other.ctl("logs", "web", "--node", owner.name, "-n", "100")
+    assert previous.returncode == 0, previous.stderr
+    assert f"start {owner.name} {fence}" in previous.stdout.splitlines()
+    assert f"start {other.name} {moved['fence']}" not in previous.stdout.splitlines()
+    nowhere = other.ctl("logs", "web", "--node", "nosuch")
+    assert nowhere.returncode == 3, nowhere.stderr
     # exec as seen before the move is refused, naming where it runs now.
     with pytest.raises(RemoteError, match=f"it runs on node {other.name} now"):
         owner.call("exec", id="web", argv=["true"], fence=fence)

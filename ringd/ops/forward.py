@@ -120,10 +120,29 @@ async def signal_child(ctx: Context, args: SignalChildArgs) -> LocalChild:
 async def logs(ctx: Context, args: LogsArgs) -> LogLines:
     """``streams.logs`` where the instance runs now (the previous node's log stays
     on that node: ``logs`` shows the current instance's)."""
+    if args.node is not None:  # the log kept on that node, running there or not
+        if args.node == ctx.node:
+            return await streams.logs(ctx, args)
+        return msgspec.convert(await _forward(ctx, _node(ctx, args.node), "logs", args), LogLines)
     where = locate(ctx, args.id)
     if isinstance(where, Here):
         return await streams.logs(ctx, args)
     return msgspec.convert(await _forward(ctx, where, "logs", args), LogLines)
+
+
+def _node(ctx: Context, node: str) -> There:
+    """How to reach ``node`` itself (``logs --node``).
+
+    Raises:
+        NotFound: it is not in the ring.
+        Refused: peer access is off there or here.
+    """
+    alive = ctx.view.alive(node)
+    if alive is None:
+        raise NotFound("node in the ring", node)
+    if not alive.value.peer_address or ctx.peers is None:
+        raise Refused(f"peer access to node {node} is off: use that node's ringctl")
+    return There(node, alive.value.peer_address, 0)
 
 
 async def exec_(ctx: Context, args: ExecArgs) -> AsyncGenerator[Any, None]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
-from ..errors import Refused
+from ..errors import NotFound, Refused
 from ..hooks import child_update, node_update
 from ..logs import tail
 from ..protocol import LogLines
@@ -29,11 +29,17 @@ _FOLLOW_POLL = 0.2  # seconds between looks at a followed log
 
 
 async def logs(ctx: Context, args: LogsArgs) -> LogLines:
-    """A child's last lines of output (on the node it runs on)."""
-    child = local_child(ctx, args.id)
-    path = ctx.supervisor.log_path(child.id)
+    """A child's last lines of output (on the node it runs on; with ``node``, the
+    log kept on this node, of an instance that ran here before it moved)."""
+    if args.node is None:
+        instance = local_child(ctx, args.id).id
+    elif ctx.supervisor.log_path(args.id).exists() or args.id in ctx.supervisor.children:
+        instance = args.id
+    else:
+        raise NotFound("log of child", f"{args.id} on {ctx.node}")
+    path = ctx.supervisor.log_path(instance)
     lines = await trio.to_thread.run_sync(tail, path, args.lines)
-    return LogLines(id=child.id, node=ctx.node, lines=lines)
+    return LogLines(id=instance, node=ctx.node, lines=lines)
 
 
 async def logs_follow(ctx: Context, args: LogsArgs) -> AsyncGenerator[str, None]:
