@@ -85,7 +85,9 @@ def locate(ctx: Context, instance: str) -> Here | There:
 
 
 def _args(args: msgspec.Struct) -> dict[str, Any]:
-    return msgspec.to_builtins(args)  # type: ignore[no-any-return]
+    """The arguments as sent on: unset options left out (what an older peer knows)."""
+    sent: dict[str, Any] = msgspec.to_builtins(args)
+    return {key: value for key, value in sent.items() if value is not None}
 
 
 async def _forward(ctx: Context, there: There, op: str, args: msgspec.Struct) -> Any:
