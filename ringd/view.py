@@ -12,23 +12,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import sys
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import msgspec
 import trio
 
 from . import records
 from .errors import EtcdUnavailable, WatchBroken
+from .etcd import KV
 from .outage import OutageLog
+from .spec import ChildSpec, encode
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, KeysView, Mapping
 
-    from .etcd import KV, Etcd, Event
+    from .etcd import Etcd, Event
     from .keys import Keys
     from .records import Alive, Claim, Drain, Status
-    from .spec import ChildSpec, GroupRecord
+    from .spec import GroupRecord
 
 logger = logging.getLogger(__name__)
 _EMPTY: dict[str, KV] = {}
@@ -43,6 +47,86 @@ class Stored(Generic[T]):
 
     value: T
     kv: KV
+
+
+class SpecKV(KV):
+    """A valid child spec's key as the view holds it: the decoded ``spec`` instead of
+    its raw value, which is the spec's canonical encoding (what ringd writes) and is
+    encoded again when read (``value``). One object per spec, where a plain KV plus a
+    decoded record held the value twice (see BENCHMARKS.md, "Scale")."""
+
+    __slots__ = ("spec",)
+    spec: ChildSpec
+
+    def __init__(self, kv: KV, spec: ChildSpec) -> None:
+        # Not KV.__init__: it would set ``value``, a property here.
+        setattr_ = object.__setattr__
+        setattr_(self, "key", kv.key)
+        setattr_(self, "create_revision", kv.create_revision)
+        # One int object when equal (a spec never changed since it was created).
+        same = kv.mod_revision == kv.create_revision
+        setattr_(self, "mod_revision", kv.create_revision if same else kv.mod_revision)
+        setattr_(self, "lease", kv.lease)
+        setattr_(self, "spec", spec)
+
+    @property
+    def value(self) -> bytes:
+        return encode(self.spec)
+
+
+def same_kv(a: KV | None, b: KV) -> bool:
+    """The same key at the same version with the same value (a ``SpecKV`` equals the
+    KV it was made from)."""
+    return (
+        a is not None
+        and a.key == b.key
+        and a.mod_revision == b.mod_revision
+        and a.create_revision == b.create_revision
+        and a.lease == b.lease
+        and a.value == b.value
+    )
+
+
+# The default values of a spec's fields, shared by every spec that has them.
+_DEFAULTS = {
+    f.name: f.default
+    for f in msgspec.structs.fields(ChildSpec)
+    if f.default is not msgspec.NODEFAULT and f.default is not None
+}
+_NO_ENTRIES: dict[str, str] = {}  # every empty env and ``on``: never changed in place
+
+
+def _compact(spec: ChildSpec) -> ChildSpec:
+    """``spec`` with its repeated values shared: default values, empty mappings,
+    argv's strings (interned). The same spec, encoded the same."""
+    changes: dict[str, Any] = {}
+    for name, default in _DEFAULTS.items():
+        value = getattr(spec, name)
+        if value is not default and type(value) is type(default) and value == default:
+            changes[name] = default
+    changes["argv"] = [sys.intern(arg) for arg in spec.argv]
+    if spec.check is not None:
+        changes["check"] = [sys.intern(arg) for arg in spec.check]
+    for name in ("cwd", "group"):
+        if (value := getattr(spec, name)) is not None:
+            changes[name] = sys.intern(value)
+    for name in ("env", "on"):
+        if not getattr(spec, name):
+            changes[name] = _NO_ENTRIES
+    return msgspec.structs.replace(spec, **changes)
+
+
+def _as_spec(kv: KV, name: str) -> SpecKV | None:
+    """A child spec's KV as the view keeps it, or None to keep the KV itself (an
+    invalid spec: its raw value is what lists it; or one not stored in canonical
+    form, whose value could not be encoded back)."""
+    try:
+        spec: ChildSpec = records.decode("children", "", name, kv.value)
+    except records.InvalidRecord:
+        return None  # logged by record(), once per revision
+    if encode(spec) != kv.value:
+        return None
+    return SpecKV(kv, _compact(spec))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +209,8 @@ class ClusterView:
         kv = self._index.get((kind, sub), _EMPTY).get(name)
         if kv is None:
             return None
+        if isinstance(kv, SpecKV):
+            return Stored(kv.spec, kv)
         cached = self._records.get(kv.key)
         if cached is None or cached[0] != kv.mod_revision:
             try:
@@ -221,13 +307,17 @@ class ClusterView:
 
     def _put(self, kv: KV) -> KV | None:
         previous = self.kvs.get(kv.key)
-        self.kvs[kv.key] = kv
         if parsed := self.keys.parse(kv.key):
+            name = parsed[1]
+            if parsed[0] == "children" and (held := _as_spec(kv, name)) is not None:
+                kv, name = held, held.spec.id  # one object, one name string (the spec's id)
+                self._records.pop(kv.key, None)
             bucket = self._index.setdefault((parsed[0], parsed[2]), {})
             if previous is not None and previous.create_revision != kv.create_revision:
-                bucket.pop(parsed[1], None)  # a new incarnation: it goes last
-            bucket[parsed[1]] = kv
-            self._log_change((parsed[0], parsed[2]), parsed[1])
+                bucket.pop(name, None)  # a new incarnation: it goes last
+            bucket[name] = kv
+            self._log_change((parsed[0], parsed[2]), name)
+        self.kvs[kv.key] = kv
         return previous
 
     def _delete(self, key: str) -> KV | None:
@@ -283,7 +373,7 @@ class ClusterView:
             assert previous is not None
             self._publish(Change("delete", previous, previous))
         for key, kv in fresh.items():
-            if self.kvs.get(key) != kv:
+            if not same_kv(self.kvs.get(key), kv):
                 self._publish(Change("put", kv, self._put(kv)))
         # Keep every kind in create-revision order (what a watch alone keeps), and
         # make readers of changes() start over from the fresh state.

@@ -1,0 +1,108 @@
+"""How the view holds child specs (one small object per valid spec, the raw value
+kept only where it cannot be encoded back) and that readers see what they saw
+before: values, identities, re-list without spurious changes. Pure, no etcd."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from ringd.etcd import KV
+from ringd.keys import Keys
+from ringd.spec import ChildSpec, encode
+from ringd.view import ClusterView, SpecKV, same_kv
+
+KEYS = Keys("/ringd/t/")
+
+
+def view(etcd: Any = None) -> ClusterView:
+    return ClusterView(etcd=etcd, keys=KEYS)
+
+
+def spec_kv(name: str, revision: int, **fields: Any) -> KV:
+    value = encode(ChildSpec(id=name, argv=["/bin/sleep", "9"], **fields))
+    return KV(KEYS.child(name), value, revision, revision, 0)
+
+
+def test_a_valid_spec_is_one_object_with_the_same_value_and_record() -> None:
+    v = view()
+    kv = spec_kv("a", 5, env={"X": "1"})
+    v._put(kv)
+    held = v.stored_specs()["a"]
+    assert isinstance(held, SpecKV)
+    assert held.value == kv.value  # encoded back, byte for byte
+    assert (held.key, held.create_revision, held.mod_revision, held.lease) == (kv.key, 5, 5, 0)
+    assert same_kv(held, kv)
+    stored = v.spec("a")
+    assert stored is not None and stored.kv is held  # what the listing compares
+    assert stored.value == ChildSpec(id="a", argv=["/bin/sleep", "9"], env={"X": "1"})
+    assert v.kvs[kv.key] is held and v.get("children", "a") is held
+    assert not v._records  # no second copy
+
+
+def test_repeated_values_are_shared_between_specs() -> None:
+    v = view()
+    v._put(spec_kv("a", 1))
+    v._put(spec_kv("b", 2))
+    a, b = v.spec("a"), v.spec("b")
+    assert a is not None and b is not None
+    assert a.value.argv[0] is b.value.argv[0]
+    assert a.value.on is b.value.on and a.value.env is b.value.env
+    assert a.value.max_seconds is b.value.max_seconds
+
+
+def test_invalid_and_non_canonical_specs_keep_their_raw_value() -> None:
+    v = view()
+    bad = KV(KEYS.child("bad"), b'{"id": "bad"}', 1, 1, 0)  # no argv
+    loose = KV(KEYS.child("loose"), b'{"id": "loose", "argv": ["/bin/true"]}', 2, 2, 0)
+    v._put(bad)
+    v._put(loose)
+    assert v.stored_specs()["bad"] is bad and v.spec("bad") is None
+    assert v.stored_specs()["loose"] is loose  # could not be encoded back as stored
+    stored = v.spec("loose")
+    assert stored is not None and stored.kv is loose and stored.value.argv == ["/bin/true"]
+    # A valid spec replacing an invalid one drops the invalid one's cached record.
+    v._put(spec_kv("bad", 3))
+    assert isinstance(v.stored_specs()["bad"], SpecKV) and KEYS.child("bad") not in v._records
+
+
+def test_a_changed_spec_is_a_new_object() -> None:
+    v = view()
+    v._put(spec_kv("a", 1))
+    first = v.stored_specs()["a"]
+    changed = spec_kv("a", 1, replicas=2)
+    v._put(KV(changed.key, changed.value, 1, 7, 0))
+    held = v.stored_specs()["a"]
+    assert held is not first and held.mod_revision == 7 and held.create_revision == 1
+    stored = v.spec("a")
+    assert stored is not None and stored.value.replicas == 2
+
+
+class ListOnly:
+    def __init__(self, kvs: list[KV]) -> None:
+        self.kvs = kvs
+
+    async def list(self, prefix: str) -> tuple[int, list[KV]]:
+        return 10, list(self.kvs)
+
+
+def test_a_relist_of_the_same_specs_changes_nothing() -> None:
+    kvs = [spec_kv("a", 1), KV(KEYS.child("bad"), b"{", 2, 2, 0)]
+    v = view(ListOnly(kvs))
+
+    async def main() -> list[str]:
+        await v._relist()
+        held = dict(v.stored_specs())
+        with v.subscribe() as changes:
+            await v._relist()
+            assert dict(v.stored_specs()) == held
+            assert all(v.stored_specs()[k] is held[k] for k in held)
+            got = []
+            while True:
+                try:
+                    got.append(changes.receive_nowait().kv.key)
+                except trio.WouldBlock:
+                    return got
+
+    assert trio.run(main) == []
