@@ -2,7 +2,10 @@
 placement CPU per membership change, the memory the view holds per spec it does
 not run, and a paged read of the cluster state from a real etcd.
 
-    python -m bench.scale [--specs 1000,10000,100000] [--nodes 10,100,1000]
+    python -m bench.scale [--specs 1000,10000,100000] [--nodes 10,100,1000] [--rows 100000]
+
+``--rows N``: ``ringctl which-children --json`` at N rows from one standalone daemon
+(its own private etcd), with the daemon's RSS (0: skip).
 
 Each figure is measured in this process (CPU time, tracemalloc), against a
 baseline from the same run: the ring lookups alone (the floor of any placement),
@@ -15,9 +18,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 
 import trio
 
@@ -25,8 +32,10 @@ from ringd.desired import DesiredState, Inputs
 from ringd.etcd import KV, Etcd
 from ringd.keys import Keys
 from ringd.placement import NodeInfo
+from ringd.protocol import Client
 from ringd.ring import Ring
 from ringd.spec import ChildSpec, encode
+from ringd.testing import Daemon, kill_pids, wait_gone
 from ringd.testing.etcd import private_etcd
 from ringd.view import ClusterView
 
@@ -99,11 +108,80 @@ async def paged_read(url: str, count: int) -> tuple[float, int]:
         etcd.close()
 
 
+def _rss(pid: int) -> int:
+    """Resident bytes of one process (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def which_children(rows: int, groups: int = 10) -> dict[str, float]:
+    """``ringctl which-children --json`` at ``rows`` rows, through the real CLI, from
+    one standalone daemon (loopback) holding ``rows`` specs that can never run (no
+    node has their label): the seconds of a whole listing (first, then again), of one
+    filtered by ``--group`` (``rows / groups`` rows), the reply's bytes, the daemon's
+    RSS with the specs stored and after listing; and the seconds of one protocol call
+    without ringctl (``call``, before the others)."""
+    with tempfile.TemporaryDirectory(prefix="ringd-scale-") as tmp:
+        daemon = Daemon("scale", Path(tmp), new_session=True, die_with_parent=True)
+        helpers: dict[str, int] = {}
+        try:
+            daemon.start(timeout=60)
+            helpers = daemon.helpers()
+            started = time.perf_counter()
+            for start in range(0, rows, 1000):
+                specs = [
+                    {
+                        "id": f"w{i:06d}",
+                        "argv": ["/usr/bin/sleep", "3600"],
+                        "group": f"g{i % groups}",
+                        "on": {"zone": "nowhere"},
+                    }
+                    for i in range(start, min(rows, start + 1000))
+                ]
+                daemon.client.call("start_children", specs=specs)
+            stored = time.perf_counter() - started
+            out: dict[str, float] = {"store": stored, "rss_stored": _rss(daemon.pid)}
+            # The daemon and the protocol alone (no ringctl process, no printing).
+            started = time.perf_counter()
+            listed = Client(daemon.socket, timeout=600).call("which_children")
+            out["call"] = time.perf_counter() - started
+            assert len(listed) == rows, len(listed)
+            out["wire"] = len(json.dumps(listed, separators=(",", ":")))  # about the reply line
+            for name, args, expect in (
+                ("all", [], rows),
+                ("again", [], rows),
+                ("group", ["--group", "g0"], len(range(0, rows, groups))),
+            ):
+                started = time.perf_counter()
+                done = daemon.ctl("which-children", "--json", *args, timeout=600)
+                out[name] = time.perf_counter() - started
+                assert done.returncode == 0, done.stderr[-2000:]
+                listed = json.loads(done.stdout)
+                assert len(listed) == expect, (name, len(listed), expect)
+                if name == "all":
+                    out["bytes"] = len(done.stdout.encode())
+            out["rss"] = _rss(daemon.pid)
+            return out
+        finally:
+            helpers = helpers or daemon.helpers()
+            if daemon.running():
+                try:
+                    daemon.stop(timeout=60)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+            kill_pids(wait_gone(helpers.values(), 10))  # its guard and etcd, if left
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale")
     parser.add_argument("--specs", default="1000,10000,100000")
     parser.add_argument("--nodes", default="10,100,1000")
     parser.add_argument("--etcd-specs", type=int, default=30_000, help="0: skip the etcd read")
+    parser.add_argument(
+        "--rows", type=int, default=100_000, help="which-children --json at N rows; 0: skip"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.specs.split(",")]
     node_counts = [int(n) for n in args.nodes.split(",")]
@@ -126,6 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         with private_etcd() as server:
             took, pages = trio.run(paged_read, server.url, args.etcd_specs)
         print(f"\npaged list of {args.etcd_specs} specs: {took:.2f} s in {pages} pages")
+    if args.rows:
+        w = which_children(args.rows)
+        print(
+            f"\nwhich-children --json at {args.rows} rows (standalone daemon, ringctl):"
+            f" stored in {w['store']:.1f} s; {w['all']:.2f} s, again {w['again']:.2f} s,"
+            f" --group (1 in 10) {w['group']:.2f} s; the protocol call alone {w['call']:.2f} s;"
+            f" reply {w['wire'] / 2**20:.1f} MiB ({w['bytes'] / 2**20:.1f} MiB printed);"
+            f" daemon RSS {w['rss_stored'] / 2**20:.0f} MiB"
+            f" stored, {w['rss'] / 2**20:.0f} MiB after listing"
+        )
     return 0
 
 
