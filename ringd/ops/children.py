@@ -181,7 +181,10 @@ async def which_children(ctx: Context, args: WhichChildrenArgs) -> list[ChildRow
     if (
         args.group is not None
         and ctx.view.group(args.group) is None
-        and not any(s.value.group == args.group for s in ctx.view.specs().values())
+        and not any(
+            (stored := ctx.view.spec(name)) is not None and stored.value.group == args.group
+            for name in ctx.view.live("children")
+        )  # stops at the first: no copy of every spec (100,000 at scale)
     ):
         raise NotFound("group", args.group)
     if node is not None and node not in ctx.view.in_ring() and ctx.view.status(node) is None:
