@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Mapping
 
     from .records import Alive, Claim
+    from .ring import Ring
     from .spec import ChildSpec, GroupRecord
 
 
@@ -73,11 +74,16 @@ def why_pending(spec: ChildSpec, inputs: Inputs, placer: Placer) -> str:
     return placer.why_unplaced(spec, inputs.nodes, group) or "waiting for its node to claim it"
 
 
+# Placer.needs of a child with no ``on`` labels and no group (or an unrestricted one).
+_NO_NEEDS: tuple[object, ...] = ((), None)
+
+
 class DesiredState:
     """Every runnable spec's instances (spec id -> instances, master first), kept
     from call to call: only the specs named as changed are placed again, and all
     of them when the nodes or the groups change. A spec's list is replaced, never
-    changed, when it is placed again (readers compare them by identity).
+    changed, when it is placed again (readers compare them by identity); when a
+    pass places a spec on the same nodes as before, its list is kept.
     """
 
     def __init__(self, placer: Placer | None = None) -> None:
@@ -101,6 +107,7 @@ class DesiredState:
         since the last call (None: all of them). A spec placed anew goes last, as a
         new spec does in ``specs``."""
         token = inputs.token()
+        previous = self._placed
         if changed is None or token != self._token:
             self._token, self._placed = token, {}
             todo: Iterable[str] = list(specs)
@@ -110,21 +117,30 @@ class DesiredState:
                 # New specs are placed (and so started) in ``specs``' order.
                 wanted = set(todo)
                 todo = [i for i in specs if i in wanted] + [i for i in todo if i not in specs]
-        # Eligible nodes per distinct need (labels, restricted group): computed once
-        # a pass, not once a child (a pass over every node for each of 100,000).
-        eligible: dict[tuple[object, ...], frozenset[str]] = {}
+        # Eligible nodes and their ring per distinct need (labels, restricted group):
+        # found once a pass, not once a child (a pass over every node for each of
+        # 100,000; and finding a cached ring compares two sets of every node).
+        rings: dict[tuple[object, ...], Ring] = {}
         for child_id in todo:
             spec = specs.get(child_id)
             if spec is None or blocked(spec, inputs.groups):
                 self._placed.pop(child_id, None)
                 continue
             group = inputs.groups.get(spec.group) if spec.group else None
-            need = self.placer.needs(spec, group)
-            among = eligible.get(need)
-            if among is None:
-                among = eligible[need] = self.placer.eligible(spec, inputs.nodes, group)
-            owners = self.placer.owners(spec, inputs.nodes, group, among)
-            self._placed[child_id] = [Instance(spec, r, node) for r, node in enumerate(owners)]
+            # Most children need nothing: skip building the key that says so.
+            need = _NO_NEEDS if not spec.on and group is None else self.placer.needs(spec, group)
+            ring = rings.get(need)
+            if ring is None:
+                among = self.placer.eligible(spec, inputs.nodes, group)
+                ring = rings[need] = self.placer.ring(among)
+            owners = ring.owners(spec.id, spec.replicas)  # as Placer.owners places it
+            # Most children keep their nodes when one node joins or leaves: keep
+            # their lists (no new Instances; readers see them unchanged).
+            kept = previous.get(child_id)
+            if kept and kept[0].spec is spec and [i.node for i in kept] == owners:
+                self._placed[child_id] = kept
+            else:
+                self._placed[child_id] = [Instance(spec, r, node) for r, node in enumerate(owners)]
         return self.placed
 
     def on_node(self, node: str) -> dict[str, Instance]:

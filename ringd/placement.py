@@ -56,19 +56,39 @@ def split_key(key: str) -> tuple[str, int]:
     return child_id, int(replica or 0)
 
 
+# Up to this many nodes joined or left since a cached ring: the new ring is made
+# from it (Ring.changed, ~25-50 ms a node at 1,000 nodes) rather than built anew
+# (~0.5-0.8 s at 1,000 nodes).
+MAX_CHANGED = 8
+
+
 class Placer:
-    """Computes placements, caching one ring per set of eligible nodes."""
+    """Computes placements, caching one ring per set of eligible nodes (the
+    ``max_rings`` most recently made). A new node set's ring is made from the
+    cached ring closest to it when few nodes differ (a join, a leave), and built
+    from scratch otherwise: both give the same ring."""
 
     def __init__(self, *, max_rings: int = 64) -> None:
         self._rings: dict[frozenset[str], Ring] = {}
-        self._max_rings = max_rings
+        self._max_rings = max(1, max_rings)
 
     def ring(self, nodes: frozenset[str]) -> Ring:
         ring = self._rings.get(nodes)
-        if ring is None:
-            if len(self._rings) >= self._max_rings:
-                self._rings.clear()  # membership changed a lot: start over
-            ring = self._rings[nodes] = Ring(nodes)
+        if ring is not None:
+            return ring
+        base, differ = None, MAX_CHANGED + 1
+        # Most recently made first: on a tie the latest ring is the base.
+        for cached in reversed(self._rings.values()):
+            # The sizes alone may rule it out before the sets are compared.
+            if abs(len(cached.nodes) - len(nodes)) >= differ:
+                continue
+            count = len(cached.nodes ^ nodes)
+            if count < differ:
+                base, differ = cached, count
+        ring = Ring(nodes) if base is None else Ring.changed(base, nodes)
+        if len(self._rings) >= self._max_rings:
+            del self._rings[next(iter(self._rings))]  # the oldest
+        self._rings[nodes] = ring
         return ring
 
     @staticmethod

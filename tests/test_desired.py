@@ -132,22 +132,59 @@ def test_update_places_only_the_changed_specs_again() -> None:
 
 def test_update_places_everything_again_when_the_nodes_or_groups_change() -> None:
     state = DesiredState()
-    specs = {"a": child("a"), "b": child("b", group="g")}
     groups = {"g": group("g")}
-    before = dict(state.update(specs, None, inputs("n1", groups=groups)))
+
+    def specs_of(version: int) -> dict[str, ChildSpec]:
+        # New spec objects each time, named as changed by nobody (``set()``): only
+        # a pass over every spec places them.
+        argv = ["sleep", str(version)]
+        return {"a": child("a", argv=argv), "b": child("b", group="g", argv=argv)}
+
+    specs = specs_of(1)
+    state.update(specs, None, inputs("n1", groups=groups))
     token = state.token
 
+    specs = specs_of(2)
     more_nodes = dict(state.update(specs, set(), inputs("n1", "n2", groups=groups)))
     assert state.token != token
-    assert all(more_nodes[i] is not before[i] for i in specs), "nodes changed: all placed again"
+    assert all(more_nodes[i][0].spec is specs[i] for i in specs), "nodes changed: all placed"
 
     failed = {"g": group("g", state="failed", reason="boom")}
+    specs = specs_of(3)
     after = state.update(specs, set(), inputs("n1", "n2", groups=failed))
     assert list(after) == ["a"], "a blocked spec has no instances"
-    assert after["a"] is not more_nodes["a"], "groups changed: all placed again"
+    assert after["a"][0].spec is specs["a"], "groups changed: all placed again"
 
+    specs = specs_of(4)
     labels = Inputs(nodes=nodes("n1", "n2", n2={"zone": "a"}), groups=failed)
-    assert state.update(specs, set(), labels)["a"] is not after["a"], "labels count too"
+    assert state.update(specs, set(), labels)["a"][0].spec is specs["a"], "labels count too"
+
+
+def test_update_keeps_a_specs_list_when_it_is_placed_again_on_the_same_nodes() -> None:
+    placer = Placer()
+    state = DesiredState(placer)
+    names = [f"n{i}" for i in range(8)]
+    specs = {f"c{i}": child(f"c{i}", replicas=1 + i % 3) for i in range(200)}
+    before = dict(state.update(specs, None, inputs(*names)))
+    joined = dict(state.update(specs, None, inputs(*names, "new")))
+    ring = placer.ring(frozenset([*names, "new"]))
+    moved = 0
+    for child_id, spec in specs.items():
+        owners = ring.owners(child_id, spec.replicas)
+        assert [(i.spec, i.replica, i.node) for i in joined[child_id]] == [
+            (spec, r, node) for r, node in enumerate(owners)
+        ]
+        if owners == [i.node for i in before[child_id]]:
+            assert joined[child_id] is before[child_id], "same nodes: the same list"
+        else:
+            assert joined[child_id] is not before[child_id]
+            moved += 1
+    assert 0 < moved < len(specs)
+    # A new spec object (its content changed) gets new instances, on the same nodes.
+    specs["c0"] = child("c0", argv=["sleep", "61"])
+    changed = state.update(specs, {"c0"}, inputs(*names, "new"))
+    assert changed["c0"] is not joined["c0"] and changed["c0"][0].spec is specs["c0"]
+    assert [i.node for i in changed["c0"]] == [i.node for i in joined["c0"]]
 
 
 def test_replicas_go_on_distinct_nodes_master_first() -> None:

@@ -9,13 +9,19 @@ import sys
 from collections import Counter
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringd.ring import DEFAULT_VNODES, Ring, hash64
+from ringd.placement import Placer
+from ringd.ring import DEFAULT_VNODES, Ring, hash64, node_points
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEYS = [f"key-{i}" for i in range(10_000)]
@@ -179,6 +185,125 @@ def test_leave_moves_only_leaving_nodes_keys(nodes: set[str], data: st.DataObjec
         # Survivors keep their relative order; at most one new replica is appended.
         survivors = [x for x in old if x != gone]
         assert cur[: len(survivors)] == survivors
+
+
+# -- a ring made from the previous one (Ring.changed, Placer.ring) --------------------
+
+
+def reference_ring(
+    nodes: set[str], vnodes: int, digest: Callable[[bytes, int], int]
+) -> tuple[list[int], list[str]]:
+    """The points and owners of a ring as Ring() built them before Ring.changed
+    existed (its code, verbatim but for names for indices): placement must not
+    change on an upgrade."""
+    names = tuple(sorted(nodes))
+    points: list[int] = []
+    index: list[int] = []
+    for i, name in enumerate(names):
+        raw = name.encode("utf-8", "surrogatepass")
+        points += [digest(raw, seed) for seed in range(vnodes)]
+        index += [i] * vnodes
+    order = sorted(range(len(points)), key=points.__getitem__)
+    return [points[j] for j in order], [names[index[j]] for j in order]
+
+
+def coarse(raw: bytes, seed: int) -> int:
+    """A hash with 5 values: nearly every point ties with another node's."""
+    return xxhash.xxh3_64_intdigest(raw, seed) % 5
+
+
+def coarse_points(name: str, vnodes: int) -> tuple[int, ...]:
+    raw = name.encode("utf-8", "surrogatepass")
+    return tuple(sorted(coarse(raw, seed) for seed in range(vnodes)))
+
+
+# A step: a join, a leave, or any new node set (several joins and leaves at once).
+steps = st.one_of(
+    st.tuples(st.just("join"), node_names),
+    st.tuples(st.just("leave"), st.integers(min_value=0)),
+    st.tuples(st.just("set"), st.sets(node_names, max_size=8)),
+)
+
+
+def assert_same_ring(ring: Ring, nodes: set[str], vnodes: int, ties: bool) -> None:
+    built = Ring(nodes, vnodes=vnodes)
+    points, owners = reference_ring(nodes, vnodes, coarse if ties else xxhash.xxh3_64_intdigest)
+    assert ring._points == built._points == points
+    assert ring._owners == built._owners == owners
+    assert ring._names == built._names == tuple(sorted(nodes))
+    assert ring.nodes == frozenset(nodes) and ring.vnodes == vnodes
+    for key in MOVE_KEYS[:200]:
+        for n in (1, 2, 3):
+            assert ring.owners(key, n) == built.owners(key, n)
+        assert ring.owner(key) == built.owner(key)
+    assert ring.shares() == built.shares()
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["xxh3", "ties"])
+@given(
+    nodes=st.sets(node_names, max_size=10),
+    moves=st.lists(steps, max_size=8),
+    vnodes=st.integers(min_value=1, max_value=40),
+)
+@settings(max_examples=150, deadline=None)
+def test_changed_ring_is_the_ring_built_from_scratch(
+    ties: bool, nodes: set[str], moves: list[tuple[str, Any]], vnodes: int
+) -> None:
+    """Joins and leaves applied to the previous ring give, at every step, the ring
+    Ring() builds from scratch and the one built before Ring.changed existed:
+    same points, same owners, same order of equal points (``ties``: a hash with 5
+    values, so that nearly every point ties)."""
+    with mock.patch("ringd.ring.node_points", coarse_points if ties else node_points):
+        ring = Ring(nodes, vnodes=vnodes)
+        assert_same_ring(ring, nodes, vnodes, ties)
+        for op, arg in moves:
+            if op == "join":
+                nodes = nodes | {arg}
+            elif op == "leave" and nodes:
+                nodes = nodes - {sorted(nodes)[arg % len(nodes)]}
+            elif op == "set":
+                nodes = set(arg)
+            ring = Ring.changed(ring, nodes)
+            assert_same_ring(ring, nodes, vnodes, ties)
+
+
+@given(
+    nodes=st.sets(node_names, min_size=1, max_size=12),
+    moves=st.lists(st.tuples(st.booleans(), node_names), min_size=1, max_size=6),
+)
+@settings(max_examples=25, deadline=None)
+def test_placer_ring_is_the_ring_built_from_scratch(
+    nodes: set[str], moves: list[tuple[bool, str]]
+) -> None:
+    """Placer.ring at the default vnodes, through joins and leaves (made from its
+    cached rings), gives the ring built from scratch."""
+    placer = Placer(max_rings=3)
+    for join, name in moves:
+        nodes = nodes | {name} if join else nodes - {name}
+        ring = placer.ring(frozenset(nodes))
+        built = Ring(nodes)
+        assert ring._points == built._points and ring._owners == built._owners
+        assert ring._names == built._names and ring == built
+        assert placer.ring(frozenset(nodes)) is ring
+
+
+def test_changed_to_the_same_nodes_is_the_ring_itself() -> None:
+    ring = ring_of(10)
+    assert Ring.changed(ring, set(ring.nodes)) is ring
+    assert Ring.changed(ring, ()) == Ring()
+    assert Ring.changed(ring, ()).owners("k", 3) == []
+
+
+def test_placer_makes_the_new_ring_from_its_closest_cached_ring() -> None:
+    placer = Placer()
+    nodes = frozenset(f"node-{i}" for i in range(10))
+    base = placer.ring(nodes)
+    with mock.patch("ringd.placement.Ring.changed", wraps=Ring.changed) as changed:
+        joined = placer.ring(nodes | {"new"})
+        changed.assert_called_once_with(base, nodes | {"new"})
+        assert placer.ring(nodes) is base  # cached: not made again
+        assert changed.call_count == 1
+    assert joined._owners == Ring(nodes | {"new"})._owners
 
 
 # Plain-ring (owner) load, max / mean, for KEYS on node-{i} at 1000 vnodes,
