@@ -12,7 +12,9 @@ claim. Within TTL + 5 s of each fault being undone the cluster must be back to
 every spec running exactly once; and no spec may be lost.
 
 The default suite runs 60 s of faults; ``pytest -m slow -k chaos --chaos-duration
-600`` runs longer. The seed is printed (``RINGD_CHAOS_SEED`` replays one).
+600`` runs longer. ``test_chaos_many_specs`` (slow) does the same with 10,000 more
+specs in the cluster that no node may run (``on = {zone = "nowhere"}``), so that
+every daemon's view, placement and listing carry them through the faults. The seed is printed (``RINGD_CHAOS_SEED`` replays one).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from .timeline import Timeline
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from ringd.testing import Daemon
 
     from .conftest import Cluster
 
@@ -66,7 +70,7 @@ class Chaos:
     def env(self) -> dict[str, str]:
         return {"TEST_CLUSTER": self.cluster.name}
 
-    def any_daemon(self):
+    def any_daemon(self) -> Daemon:
         return self.cluster.daemons[self.rng.choice(NODES)]
 
     def start_children(self, n: int) -> None:
@@ -153,7 +157,19 @@ class Chaos:
             time.sleep(self.rng.uniform(0, 1))  # a random phase for the next fault
 
 
-def run_chaos(cluster: Cluster, short_tmp: Path, duration: float) -> None:
+def store_unrunnable(cluster: Cluster, count: int) -> set[str]:
+    """``count`` specs no node may run, through ``start_children``, 1,000 a call."""
+    ids = [f"u{i:06d}" for i in range(count)]
+    for at in range(0, count, 1000):
+        specs = [
+            {"id": i, "argv": ["sleep", "3600"], "on": {"zone": "nowhere"}}
+            for i in ids[at : at + 1000]
+        ]
+        cluster.daemons[NODES[at // 1000 % len(NODES)]].call("start_children", specs=specs)
+    return set(ids)
+
+
+def run_chaos(cluster: Cluster, short_tmp: Path, duration: float, unrunnable: int = 0) -> None:
     seed = int(os.environ.get("RINGD_CHAOS_SEED", str(random.randrange(1 << 30))))
     print(f"\nchaos seed {seed} (RINGD_CHAOS_SEED={seed} replays it), {duration:g} s of faults")
     chaos = Chaos(cluster, short_tmp, seed)
@@ -162,6 +178,10 @@ def run_chaos(cluster: Cluster, short_tmp: Path, duration: float) -> None:
         for name in NODES:
             proxy = chaos.proxies[name] = FaultProxy(chaos.etcd.url).__enter__()
             cluster.daemon(name, ttl=TTL, etcd=proxy.url)
+        started = time.monotonic()
+        idle = store_unrunnable(cluster, unrunnable)
+        if unrunnable:
+            print(f"{unrunnable} unrunnable specs stored in {time.monotonic() - started:.1f} s")
         with Timeline(cluster.name, interval=0.05, etcd_url=chaos.etcd.url) as timeline:
             chaos.start_children(200)
             wait_until(
@@ -172,7 +192,8 @@ def run_chaos(cluster: Cluster, short_tmp: Path, duration: float) -> None:
             wait_until(lambda: each_once(timeline, chaos.ids), TTL + 5, "all running at the end")
         # No spec lost: etcd holds exactly the specs that should exist.
         rows = cluster.daemons["n1"].call("which_children")
-        assert {r["id"] for r in rows} == chaos.ids
+        assert {r["id"] for r in rows} == chaos.ids | idle
+        assert sum(r["id"] in idle and r["node"] is None for r in rows) == unrunnable
         for d in cluster.daemons.values():
             assert d.process is not None and d.process.poll() is None, f"{d.name} died"
     finally:
@@ -205,3 +226,13 @@ def test_chaos(cluster: Cluster, short_tmp: Path) -> None:
 @pytest.mark.timeout(7200)
 def test_chaos_long(cluster: Cluster, short_tmp: Path, request: pytest.FixtureRequest) -> None:
     run_chaos(cluster, short_tmp, float(request.config.getoption("--chaos-duration")))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(7200)
+def test_chaos_many_specs(
+    cluster: Cluster, short_tmp: Path, request: pytest.FixtureRequest
+) -> None:
+    run_chaos(
+        cluster, short_tmp, float(request.config.getoption("--chaos-duration")), unrunnable=10_000
+    )
