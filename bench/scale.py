@@ -7,6 +7,10 @@ not run, and a paged read of the cluster state from a real etcd.
 ``--rows N``: ``ringctl which-children --json`` at N rows from one standalone daemon
 (its own private etcd), with the daemon's RSS (0: skip).
 
+``--join N``: a daemon joining a cluster whose private etcd holds N specs (none
+runnable): seconds from spawn to ready (its socket answers ``status`` with a
+lease, after its view has listed every key), and its RSS then (0: skip).
+
 Each figure is measured in this process (CPU time, tracemalloc), against a
 baseline from the same run: the ring lookups alone (the floor of any placement),
 and the raw bytes of the specs as etcd holds them. It is a model of one daemon's
@@ -176,6 +180,69 @@ def which_children(rows: int, groups: int = 10) -> dict[str, float]:
             kill_pids(wait_gone(helpers.values(), 10))  # its guard and etcd, if left
 
 
+async def _store_unrunnable(url: str, keys: Keys, count: int) -> None:
+    """``count`` specs no node may run (``on = {zone = "nowhere"}``), straight into
+    etcd, ``txn_ops`` keys per transaction, a few transactions at a time."""
+    etcd = Etcd([url])
+    try:
+        items = [
+            (
+                keys.child(f"j{i:06d}"),
+                encode(
+                    ChildSpec(
+                        id=f"j{i:06d}", argv=["/usr/bin/sleep", "3600"], on={"zone": "nowhere"}
+                    )
+                ),
+            )
+            for i in range(count)
+        ]
+        batches = [items[s : s + etcd.txn_ops] for s in range(0, count, etcd.txn_ops)]
+        for at in range(0, len(batches), 16):
+            async with trio.open_nursery() as nursery:
+                for batch in batches[at : at + 16]:
+                    nursery.start_soon(etcd.create_many, batch)
+        _, kvs = await etcd.list(keys.prefix)
+        assert len(kvs) >= count, len(kvs)
+    finally:
+        etcd.close()
+
+
+def join(count: int, cluster: str = "scale") -> dict[str, float]:
+    """A daemon joining a cluster of ``count`` specs (a private etcd, loopback):
+    seconds to store them, seconds from spawn to ready, and its RSS then."""
+    keys = Keys(f"/ringd/{cluster}/")
+    with private_etcd() as server, tempfile.TemporaryDirectory(prefix="ringd-join-") as tmp:
+        started = time.perf_counter()
+        trio.run(_store_unrunnable, server.url, keys, count)
+        stored = time.perf_counter() - started
+        daemon = Daemon(
+            "joiner",
+            Path(tmp),
+            etcd=server.url,
+            cluster=cluster,
+            new_session=True,
+            die_with_parent=True,
+        )
+        helpers: dict[str, int] = {}
+        try:
+            started = time.perf_counter()
+            daemon.start(timeout=300)  # ready: ``status`` answers with a lease
+            ready = time.perf_counter() - started
+            rss = _rss(daemon.pid)
+            helpers = daemon.helpers()
+            listed = Client(daemon.socket, timeout=600).call("which_children")
+            assert len(listed) == count, len(listed)
+            return {"store": stored, "ready": ready, "rss": rss}
+        finally:
+            helpers = helpers or daemon.helpers()
+            if daemon.running():
+                try:
+                    daemon.stop(timeout=60)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+            kill_pids(wait_gone(helpers.values(), 10))  # its guard, if left
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale")
     parser.add_argument("--specs", default="1000,10000,100000")
@@ -183,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--etcd-specs", type=int, default=30_000, help="0: skip the etcd read")
     parser.add_argument(
         "--rows", type=int, default=100_000, help="which-children --json at N rows; 0: skip"
+    )
+    parser.add_argument(
+        "--join",
+        type=int,
+        default=100_000,
+        help="a daemon joining N specs: start -> ready; 0: skip",
     )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.specs.split(",")]
@@ -215,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
             f" reply {w['wire'] / 2**20:.1f} MiB ({w['bytes'] / 2**20:.1f} MiB printed);"
             f" daemon RSS {w['rss_stored'] / 2**20:.0f} MiB"
             f" stored, {w['rss'] / 2**20:.0f} MiB after listing"
+        )
+    if args.join:
+        j = join(args.join)
+        print(
+            f"\njoin at {args.join} specs (one daemon, its private etcd holding them, loopback):"
+            f" stored in {j['store']:.1f} s; start -> ready {j['ready']:.2f} s;"
+            f" daemon RSS {j['rss'] / 2**20:.0f} MiB when ready"
         )
     return 0
 
