@@ -22,7 +22,7 @@ from ..protocol import LocalChild, LogLines
 from . import local, streams
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Awaitable, Callable
 
     from ..protocol import ExecArgs, InstanceArgs, LogsArgs, SignalChildArgs
     from .context import Context
@@ -95,28 +95,32 @@ async def _forward(ctx: Context, there: There, op: str, args: msgspec.Struct) ->
     return await ctx.peers.call(there.node, there.address, op, _args(args))
 
 
-async def terminate_child(ctx: Context, args: InstanceArgs) -> LocalChild:
-    """``local.terminate_child`` where the instance runs."""
+async def _on_its_node(
+    ctx: Context,
+    op: str,
+    args: InstanceArgs | SignalChildArgs,
+    here: Callable[[Context, Any], Awaitable[LocalChild]],
+) -> LocalChild:
+    """``here(ctx, args)`` where the instance runs: this node, or its peer's ``op``."""
     where = locate(ctx, args.id)
     if isinstance(where, Here):
-        return await local.terminate_child(ctx, args)
-    return msgspec.convert(await _forward(ctx, where, "terminate_child", args), LocalChild)
+        return await here(ctx, args)
+    return msgspec.convert(await _forward(ctx, where, op, args), LocalChild)
+
+
+async def terminate_child(ctx: Context, args: InstanceArgs) -> LocalChild:
+    """``local.terminate_child`` where the instance runs."""
+    return await _on_its_node(ctx, "terminate_child", args, local.terminate_child)
 
 
 async def restart_child(ctx: Context, args: InstanceArgs) -> LocalChild:
     """``local.restart_child`` where the instance runs."""
-    where = locate(ctx, args.id)
-    if isinstance(where, Here):
-        return await local.restart_child(ctx, args)
-    return msgspec.convert(await _forward(ctx, where, "restart_child", args), LocalChild)
+    return await _on_its_node(ctx, "restart_child", args, local.restart_child)
 
 
 async def signal_child(ctx: Context, args: SignalChildArgs) -> LocalChild:
     """``local.signal_child`` where the instance runs."""
-    where = locate(ctx, args.id)
-    if isinstance(where, Here):
-        return await local.signal_child(ctx, args)
-    return msgspec.convert(await _forward(ctx, where, "signal_child", args), LocalChild)
+    return await _on_its_node(ctx, "signal_child", args, local.signal_child)
 
 
 async def logs(ctx: Context, args: LogsArgs) -> LogLines:
