@@ -54,29 +54,46 @@ def specs_of(count: int) -> dict[str, ChildSpec]:
 
 
 def placement(specs: dict[str, ChildSpec], nodes: int) -> dict[str, float]:
-    """CPU seconds: the first placement, a join, a leave (back to the first node set,
-    whose ring the placer has cached); and the floor (the joined ring made from the
-    previous one, as the placer makes it, and one lookup per child, nothing else)."""
+    """CPU seconds: the first placement; a join (it also sorts the children by hash,
+    once); a second join; a leave (the second joiner again); and the baseline, what
+    deciding every child again costs (the joined ring made from the previous one, as
+    the placer makes it, and one lookup per child, nothing else)."""
     names = [f"n{j:04d}" for j in range(nodes)]
     state = DesiredState()
 
-    def place(members: list[str]) -> float:
+    def place(members: list[str], changed: tuple[str, ...] | None = ()) -> float:
         inputs = Inputs(nodes={n: NodeInfo(n, {}) for n in members}, groups={})
         started = time.process_time()
-        state.update(specs, None, inputs)
+        state.update(specs, changed, inputs)  # () as a daemon calls it: no spec changed
         state.on_node(members[0])
         return time.process_time() - started
 
-    first = place(names)
+    first = place(names, None)
     join = place([*names, "joiner"])
-    leave = place(names)
+    again = place([*names, "joiner", "joiner2"])
+    leave = place([*names, "joiner"])
     previous = Ring(names)  # not counted: the ring a daemon has already
     started = time.process_time()
     ring = Ring.changed(previous, [*names, "joiner"])
     for child_id, spec in specs.items():
         ring.owners(child_id, spec.replicas)
     floor = time.process_time() - started
-    return {"first": first, "join": join, "leave": leave, "floor": floor}
+    return {"first": first, "join": join, "again": again, "leave": leave, "floor": floor}
+
+
+def placement_memory(specs: dict[str, ChildSpec], nodes: int) -> float:
+    """Bytes the placement holds (rings, instances, indexes) after a join and a leave."""
+    names = [f"n{j:04d}" for j in range(nodes)]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    state = DesiredState()
+    for members, changed in ((names, None), ([*names, "joiner"], ()), (names, ())):
+        state.update(specs, changed, Inputs({n: NodeInfo(n, {}) for n in members}, {}))
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return float(held)
 
 
 def view_memory(specs: dict[str, ChildSpec]) -> tuple[float, float]:
@@ -260,17 +277,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.specs.split(",")]
     node_counts = [int(n) for n in args.nodes.split(",")]
-    print("placement CPU per membership change, in one daemon (s)")
-    print(f"{'specs':>8} {'nodes':>6} {'first':>7} {'join':>7} {'leave':>7} {'floor':>7} {'x':>5}")
+    print("placement CPU per membership change, in one daemon (s); every: deciding every child")
+    print(
+        f"{'specs':>8} {'nodes':>6} {'first':>7} {'join':>7} {'join 2':>7} {'leave':>7}"
+        f" {'every':>7} {'x':>5}"
+    )
     for size in sizes:
         specs = specs_of(size)
         for nodes in node_counts:
             f = placement(specs, nodes)
             print(
-                f"{size:>8} {nodes:>6} {f['first']:>7.2f} {f['join']:>7.2f} "
-                f"{f['leave']:>7.2f} {f['floor']:>7.2f} {f['join'] / f['floor']:>5.1f}"
+                f"{size:>8} {nodes:>6} {f['first']:>7.3f} {f['join']:>7.3f} {f['again']:>7.3f}"
+                f" {f['leave']:>7.3f} {f['floor']:>7.3f} {f['floor'] / max(f['again'], 1e-6):>5.0f}"
             )
             sys.stdout.flush()
+    held = placement_memory(specs_of(sizes[-1]), node_counts[-1])
+    print(
+        f"\nplacement memory, {sizes[-1]} specs x {node_counts[-1]} nodes: {held / 2**20:.1f} MiB"
+    )
     print("\nview memory per spec not run here (bytes)")
     for size in sizes:
         held, stored = view_memory(specs_of(size))

@@ -11,11 +11,14 @@ daemon computes the placement from the same records, so all agree.
 from __future__ import annotations
 
 import math
+from array import array
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .placement import Instance, NodeInfo, Placer
+from .ring import hash64
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Mapping
@@ -54,14 +57,21 @@ class Inputs:
     groups: Mapping[str, GroupRecord]
     draining: frozenset[str] = frozenset()  # in the ring but draining (for the reasons)
 
-    def token(self) -> object:
+    def token(self) -> Token:
         """Equal for equal inputs: placements computed from equal inputs are equal."""
-        return (
+        return Token(
             frozenset(
                 (n, tuple(sorted(i.labels.items())), i.groups) for n, i in self.nodes.items()
             ),
             frozenset(self.groups.items()),
         )
+
+
+class Token(NamedTuple):
+    """What placement depends on besides the specs, comparable (``Inputs.token``)."""
+
+    nodes: frozenset[tuple[str, tuple[tuple[str, str], ...], frozenset[str]]]
+    groups: frozenset[tuple[str, GroupRecord]]
 
 
 def why_pending(spec: ChildSpec, inputs: Inputs, placer: Placer) -> str:
@@ -81,15 +91,29 @@ _NO_NEEDS: tuple[object, ...] = ((), None)
 class DesiredState:
     """Every runnable spec's instances (spec id -> instances, master first), kept
     from call to call: only the specs named as changed are placed again, and all
-    of them when the nodes or the groups change. A spec's list is replaced, never
-    changed, when it is placed again (readers compare them by identity); when a
-    pass places a spec on the same nodes as before, its list is kept.
+    of them when the groups change or several nodes change at once. When one node
+    joins, leaves or drains, only the children it gains or loses are placed again
+    (consistent hashing moves no other child): on a leave, those on the node; on a
+    join, those whose hash falls in the node's arcs of the ring, plus every child
+    with replicas or needs (their rings differ; they are few). A spec's list is
+    replaced, never changed, when it is placed again (readers compare them by
+    identity); when a pass places a spec on the same nodes as before, its list is
+    kept.
     """
 
     def __init__(self, placer: Placer | None = None) -> None:
         self.placer = placer or Placer()
-        self._token: object = None
+        self._token: Token | None = None
         self._placed: dict[str, list[Instance]] = {}
+        # node -> its instances by key: what ``on_node`` answers without a pass over
+        # every child (each claim anywhere wakes a pass on every node).
+        self._by_node: dict[str, dict[str, Instance]] = {}
+        # Children placed with replicas or needs (placed again on every join).
+        self._special: dict[str, None] = {}
+        # Placed ids sorted by hash (finds the children a joining node takes; made
+        # at a join), and the ids placed since it was made.
+        self._hashes: tuple[array[int], list[str]] | None = None
+        self._unhashed: dict[str, None] = {}
 
     @property
     def token(self) -> object:
@@ -108,11 +132,13 @@ class DesiredState:
         new spec does in ``specs``."""
         token = inputs.token()
         previous = self._placed
-        if changed is None or token != self._token:
-            self._token, self._placed = token, {}
+        moved = None if changed is None else self._moved(token, inputs)
+        if moved is None or changed is None:  # the first pass, or more than one node changed
+            self._placed, self._by_node, self._special = {}, {}, {}
+            self._hashes, self._unhashed = None, {}
             todo: Iterable[str] = list(specs)
         else:
-            todo = list(changed)
+            todo = list(dict.fromkeys([*moved, *changed]))
             if any(i not in self._placed and i in specs for i in todo):
                 # New specs are placed (and so started) in ``specs``' order.
                 wanted = set(todo)
@@ -124,11 +150,16 @@ class DesiredState:
         for child_id in todo:
             spec = specs.get(child_id)
             if spec is None or blocked(spec, inputs.groups):
-                self._placed.pop(child_id, None)
+                self._unindex(self._placed.pop(child_id, None))
+                self._special.pop(child_id, None)
                 continue
             group = inputs.groups.get(spec.group) if spec.group else None
             # Most children need nothing: skip building the key that says so.
             need = _NO_NEEDS if not spec.on and group is None else self.placer.needs(spec, group)
+            if need != _NO_NEEDS or spec.replicas != 1:
+                self._special[child_id] = None
+            else:
+                self._special.pop(child_id, None)
             ring = rings.get(need)
             if ring is None:
                 among = self.placer.eligible(spec, inputs.nodes, group)
@@ -138,19 +169,60 @@ class DesiredState:
             # their lists (no new Instances; readers see them unchanged).
             kept = previous.get(child_id)
             if kept and kept[0].spec is spec and [i.node for i in kept] == owners:
-                self._placed[child_id] = kept
+                placed = kept
+                if self._placed is previous:
+                    continue  # indexed already
             else:
-                self._placed[child_id] = [Instance(spec, r, node) for r, node in enumerate(owners)]
+                placed = [Instance(spec, r, node) for r, node in enumerate(owners)]
+                if self._placed is previous:
+                    self._unindex(kept)
+            if self._hashes is not None and child_id not in previous:
+                self._unhashed[child_id] = None
+            self._placed[child_id] = placed
+            for instance in placed:
+                self._by_node.setdefault(instance.node, {})[instance.key] = instance
+        self._token = token
         return self.placed
 
+    def _moved(self, token: Token, inputs: Inputs) -> list[str] | None:
+        """The children that may move when the inputs change from the last pass's
+        to ``token`` ([] if they are the same); None when every child may (more
+        than one node changed, or a group did)."""
+        if token == self._token:
+            return []
+        if self._token is None:
+            return None
+        if token.groups != self._token.groups:
+            return None
+        came, gone = token.nodes - self._token.nodes, self._token.nodes - token.nodes
+        if len(came) + len(gone) != 1:
+            return None  # a node's labels changed, or several nodes at once
+        if gone:
+            # Only the children a leaving node ran move, whatever their ring.
+            ((name, *_),) = gone
+            return list(dict.fromkeys(i.spec.id for i in self._by_node.get(name, {}).values()))
+        ((name, *_),) = came
+        ring = self.placer.ring(frozenset(inputs.nodes))  # the ring of plain children
+        if self._hashes is None or len(self._unhashed) > len(self._placed) // 8:
+            pairs = sorted((hash64(i), i) for i in self._placed)
+            self._hashes = array("Q", [h for h, _ in pairs]), [i for _, i in pairs]
+            self._unhashed = {}
+        hashes, ids = self._hashes
+        taken: list[str] = []
+        for lo, hi in ring.arcs(name):
+            taken += ids[bisect_left(hashes, lo) : bisect_left(hashes, hi)]
+        return [*self._special, *self._unhashed, *taken]
+
+    def _unindex(self, instances: list[Instance] | None) -> None:
+        for instance in instances or ():
+            mine = self._by_node.get(instance.node)
+            if mine is not None and mine.pop(instance.key, None) is not None and not mine:
+                del self._by_node[instance.node]
+
     def on_node(self, node: str) -> dict[str, Instance]:
-        """The instances ``node`` should run, by instance key, in start order."""
-        return {
-            instance.key: instance
-            for instances in self._placed.values()
-            for instance in instances
-            if instance.node == node
-        }
+        """The instances ``node`` should run, by instance key, in start order (an
+        instance placed again since goes last)."""
+        return dict(self._by_node.get(node, {}))
 
 
 @dataclass(slots=True)

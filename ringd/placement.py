@@ -62,22 +62,32 @@ def split_key(key: str) -> tuple[str, int]:
 MAX_CHANGED = 8
 
 
-class Placer:
-    """Computes placements, caching one ring per set of eligible nodes (the
-    ``max_rings`` most recently made). A new node set's ring is made from the
-    cached ring closest to it when few nodes differ (a join, a leave), and built
-    from scratch otherwise: both give the same ring."""
+# The rings the placer keeps, in points (12 bytes each): the current ring of each
+# need and the previous ones, which a later join or leave is made from. At 1,000
+# nodes a ring is 1,000,000 points: two of them and a few smaller ones.
+MAX_POINTS = 2_500_000
 
-    def __init__(self, *, max_rings: int = 64) -> None:
+
+class Placer:
+    """Computes placements, caching rings per set of eligible nodes (the most
+    recently used, up to ``max_rings`` and ``max_points`` points in all). A new
+    node set's ring is made from the cached ring closest to it when few nodes
+    differ (a join, a leave), and built from scratch otherwise: both give the
+    same ring."""
+
+    def __init__(self, *, max_rings: int = 64, max_points: int = MAX_POINTS) -> None:
         self._rings: dict[frozenset[str], Ring] = {}
         self._max_rings = max(1, max_rings)
+        self._max_points = max_points
+        self._points = 0
 
     def ring(self, nodes: frozenset[str]) -> Ring:
-        ring = self._rings.get(nodes)
+        ring = self._rings.pop(nodes, None)
         if ring is not None:
+            self._rings[nodes] = ring  # the most recently used goes last
             return ring
         base, differ = None, MAX_CHANGED + 1
-        # Most recently made first: on a tie the latest ring is the base.
+        # Most recently used first: on a tie the latest ring is the base.
         for cached in reversed(self._rings.values()):
             # The sizes alone may rule it out before the sets are compared.
             if abs(len(cached.nodes) - len(nodes)) >= differ:
@@ -86,9 +96,13 @@ class Placer:
             if count < differ:
                 base, differ = cached, count
         ring = Ring(nodes) if base is None else Ring.changed(base, nodes)
-        if len(self._rings) >= self._max_rings:
-            del self._rings[next(iter(self._rings))]  # the oldest
         self._rings[nodes] = ring
+        self._points += ring.points
+        while len(self._rings) > 1 and (
+            len(self._rings) > self._max_rings or self._points > self._max_points
+        ):
+            oldest = next(iter(self._rings))  # least recently used
+            self._points -= self._rings.pop(oldest).points
         return ring
 
     @staticmethod

@@ -15,14 +15,16 @@ uses :meth:`Ring.owners` for every child; there is no load cap.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from functools import lru_cache
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 import xxhash
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
 # 1000 points per node keep every node's share of the hash space within a few
 # percent of 1/N (std ~1/sqrt(vnodes): 3% at 1000, 8% at 160), which adds to the
@@ -49,34 +51,49 @@ def hash64(data: str | bytes) -> int:
 
 
 @lru_cache(maxsize=4096)
-def node_points(name: str, vnodes: int) -> tuple[int, ...]:
+def node_points(name: str, vnodes: int) -> Sequence[int]:
     """A node's points on the ring, sorted (stable: equal points keep seed order).
 
-    Cached: hashing is ~40% of building a ring, and a ring shares the cached ints
-    (the cache adds a tuple, 8 bytes a point, to the rings that hold them).
+    Cached: hashing is ~40% of building a ring. Held as 8 bytes a point (an
+    ``array``), not as int objects: 8 MiB at 1,000 nodes instead of 40.
     """
     raw = name.encode("utf-8", "surrogatepass")
     digest = xxhash.xxh3_64_intdigest
     # A seed per point instead of hashing f"{name}#{i}": no string to build
     # (~4 x faster), and xxh3 mixes the seed into every output bit.
-    return tuple(sorted([digest(raw, seed) for seed in range(vnodes)]))
+    return array("Q", sorted([digest(raw, seed) for seed in range(vnodes)]))
+
+
+# Owner names by number: a ring's owners are an array of these numbers (4 bytes a
+# point instead of an 8-byte reference). Numbers are never reused, so a ring made
+# from another (Ring.changed) keeps every other node's number.
+_NAMES: list[str] = []
+_NUMBERS: dict[str, int] = {}
+
+
+def _number(name: str) -> int:
+    number = _NUMBERS.get(name)
+    if number is None:
+        number = _NUMBERS[name] = len(_NAMES)
+        _NAMES.append(name)
+    return number
 
 
 def _remove(
-    points: list[int], owners: list[str], name: str, own: tuple[int, ...]
-) -> tuple[list[int], list[str]]:
+    points: array[int], owners: array[int], name: str, own: Sequence[int]
+) -> tuple[array[int], array[int]]:
     """``points``/``owners`` without ``name``'s points ``own`` (sorted)."""
+    number = _NUMBERS[name]
     keep = [0]  # alternating: start of a kept run, end of it (= a removed position)
     lo = 0
     for point in own:
         pos = bisect_left(points, point, lo)
-        while owners[pos] != name:  # an equal point of another node comes first
+        while owners[pos] != number:  # an equal point of another node comes first
             pos += 1
         keep += (pos, pos + 1)
         lo = pos + 1
     keep.append(len(points))
-    out_points: list[int] = []
-    out_owners: list[str] = []
+    out_points, out_owners = array("Q"), array("I")
     for start, end in zip(keep[::2], keep[1::2], strict=True):
         out_points += points[start:end]
         out_owners += owners[start:end]
@@ -84,22 +101,22 @@ def _remove(
 
 
 def _insert(
-    points: list[int], owners: list[str], name: str, own: tuple[int, ...]
-) -> tuple[list[int], list[str]]:
+    points: array[int], owners: array[int], name: str, own: Sequence[int]
+) -> tuple[array[int], array[int]]:
     """``points``/``owners`` with ``name``'s points ``own`` (sorted) merged in, equal
     points ordered by node name as ``Ring()`` orders them."""
-    out_points: list[int] = []
-    out_owners: list[str] = []
+    number = _number(name)
+    out_points, out_owners = array("Q"), array("I")
     size = len(points)
     lo = 0
     for point in own:
         pos = bisect_left(points, point, lo)
-        while pos < size and points[pos] == point and owners[pos] < name:
+        while pos < size and points[pos] == point and _NAMES[owners[pos]] < name:
             pos += 1
         out_points += points[lo:pos]
         out_owners += owners[lo:pos]
         out_points.append(point)
-        out_owners.append(name)
+        out_owners.append(number)
         lo = pos
     out_points += points[lo:]
     out_owners += owners[lo:]
@@ -130,19 +147,20 @@ class Ring:
         self._nodes = frozenset(nodes)
         self._vnodes = vnodes
         self._names = tuple(sorted(self._nodes))
-        points: list[int] = []
-        owners: list[str] = []
+        points: array[int] = array("Q")
+        owners: array[int] = array("I")
         for name in self._names:
-            points += node_points(name, vnodes)
-            owners += [name] * vnodes
+            points.extend(node_points(name, vnodes))
+            owners.extend(repeat(_number(name), vnodes))
         # sorted() is stable: equal points (vanishingly rare) keep the order of
         # sorted names, then of seeds, so ties break the same way everywhere (and
         # as Ring.changed breaks them). Sorting indices by point beats sorting
         # (point, node) tuples by ~3 x; each node's points are one sorted run.
         order = sorted(range(len(points)), key=points.__getitem__)
-        # Parallel lists: bisect runs on plain ints, which is fastest.
-        self._points = [points[j] for j in order]
-        self._owners = [owners[j] for j in order]
+        # Parallel arrays (12 bytes a point: 12 MiB at 1,000 nodes, where lists of
+        # ints and names took 56); bisect runs on them directly.
+        self._points = array("Q", [points[j] for j in order])
+        self._owners = array("I", [owners[j] for j in order])
 
     @classmethod
     def changed(cls, previous: Ring, nodes: Iterable[str]) -> Ring:
@@ -185,6 +203,11 @@ class Ring:
         """Virtual points per node."""
         return self._vnodes
 
+    @property
+    def points(self) -> int:
+        """How many points the ring holds (12 bytes each)."""
+        return len(self._points)
+
     def owners(self, key: str, n: int = 1) -> list[str]:
         """Return up to ``n`` distinct nodes for a key, master first.
 
@@ -212,19 +235,17 @@ class Ring:
         size = len(index)
         i = bisect_right(self._points, hash64(key))
         if want == 1:
-            return [index[i - size]]
-        found: list[str] = []
+            return [_NAMES[index[i - size]]]
+        found: list[int] = []
         # A list beats a set here: ``want`` is small (replication factor).
         while len(found) < want:
             # One lap at most (want <= N), so i < 2 * size and i - size is a
             # valid index (negative before the wrap): no modulo needed.
-            # ``in`` on names: each node's name is mostly one str object, which
-            # matches by identity before any text is compared.
             j = index[i - size]
             if j not in found:
                 found.append(j)
             i += 1
-        return found
+        return [_NAMES[j] for j in found]
 
     def owner(self, key: str) -> str | None:
         """Return the key's first owner (``owners(key)[0]``), or None if the ring is empty."""
@@ -232,7 +253,33 @@ class Ring:
         if not index:
             return None
         # bisect_right returns 0..size; index[size - size] wraps to the first point.
-        return index[bisect_right(self._points, hash64(key)) - len(index)]
+        return _NAMES[index[bisect_right(self._points, hash64(key)) - len(index)]]
+
+    def arcs(self, node: str) -> list[tuple[int, int]]:
+        """The hash ranges ``node`` owns as first owner: ``lo <= hash64(key) < hi``
+        for each ``(lo, hi)`` (the arc wrapping past 2**64 is split in two). A key
+        whose hash is in none of them has another first owner. A bisect per point
+        of ``node``: ~2 ms at 1,000 nodes."""
+        if node not in self._nodes:
+            return []
+        number = _NUMBERS[node]
+        points, owners = self._points, self._owners
+        out = []
+        for point in node_points(node, self._vnodes):
+            i = bisect_left(points, point)
+            while owners[i] != number:  # an equal point of another node comes first
+                i += 1
+            if i and points[i - 1] == point:
+                continue  # equal points: the first one owns the arc, the rest nothing
+            if i:
+                out.append((points[i - 1], point))
+            else:  # owns the keys past the last point and before the first
+                out += [(points[-1], 2**64), (0, point)]
+        return out
+
+    def layout(self) -> tuple[list[int], list[str]]:
+        """Every point and its owner, in ring order (for tests and tools)."""
+        return list(self._points), [_NAMES[j] for j in self._owners]
 
     def shares(self) -> dict[str, float]:
         """Return the fraction of the hash space each node owns as primary.
@@ -245,9 +292,9 @@ class Ring:
         arcs = dict.fromkeys(self._names, 0)
         points = self._points
         # A point owns the arc back to its predecessor; the first wraps around.
-        for i, name in enumerate(self._owners):
+        for i, number in enumerate(self._owners):
             prev = points[i - 1] if i else points[-1] - 2**64
-            arcs[name] += points[i] - prev
+            arcs[_NAMES[number]] += points[i] - prev
         return {name: arc / 2**64 for name, arc in arcs.items()}
 
     def __len__(self) -> int:

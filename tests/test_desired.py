@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from ringd.desired import (
 )
 from ringd.placement import Instance, NodeInfo, Placer
 from ringd.records import Alive
+from ringd.ring import Ring
 from ringd.spec import ChildSpec, GroupRecord, GroupSpec
 
 if TYPE_CHECKING:
@@ -411,7 +413,78 @@ def test_incremental_placement_equals_placing_from_scratch(
         names |= {joining} - {""}
         now = inputs(*sorted(names), groups=groups)
         incremental = dict(state.update(specs, {child_id}, now))
-        assert incremental == DesiredState().update(specs, None, now)
+        fresh = DesiredState()
+        assert incremental == fresh.update(specs, None, now)
+        for node in names:  # its index too: what each node runs
+            assert state.on_node(node) == fresh.on_node(node)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["join", "leave", "relabel", "spec"]),
+            st.sampled_from([f"n{i}" for i in range(8)]),
+            st.integers(min_value=0, max_value=59),
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_a_join_or_leave_places_again_only_what_moves_and_equals_placing_from_scratch(
+    steps: list[tuple[str, str, int]],
+) -> None:
+    """One node joining or leaving (or draining) re-places only the children it
+    gains or loses (found from the ring's arcs, or the node's own list), children
+    with replicas, labels or a restricted group included; every step's placement
+    and every node's list equal those computed from scratch."""
+    groups = {"r": group("r", restricted=True)}
+    specs = {f"c{i}": child(f"c{i}") for i in range(60)}
+    specs["c1"] = child("c1", replicas=3)
+    specs["c2"] = child("c2", on={"zone": "a"})
+    specs["c3"] = child("c3", group="r")
+    labels = {f"n{i}": {"zone": "a" if i % 2 else "b"} for i in range(8)}
+    members = {"n0", "n1", "n2"}
+
+    def now() -> Inputs:
+        return Inputs(
+            nodes={
+                n: NodeInfo(n, labels[n], frozenset({"r"}) if n in ("n1", "n4") else frozenset())
+                for n in members
+            },
+            groups=groups,
+        )
+
+    state = DesiredState()
+    state.update(specs, None, now())
+    edits = 0
+    for op, node, number in steps:
+        changed: list[str] = []
+        was_member = node in members
+        if op == "join":
+            members.add(node)
+        elif op == "leave":
+            members.discard(node)
+        elif op == "relabel":  # a node's labels change: every child may move
+            labels[node] = {"zone": "c"}
+        else:  # a new spec, or one edited, with the membership unchanged
+            specs[f"c{number}"] = child(f"c{number}", argv=["sleep", str(len(steps))])
+            changed = [f"c{number}"]
+            edits += 1
+        had = {i.spec.id for i in state.on_node(node).values()}
+        with mock.patch.object(Ring, "owners", autospec=True, side_effect=Ring.owners) as owners:
+            placed = dict(state.update(specs, changed, now()))
+        fresh = DesiredState()
+        assert placed == fresh.update(specs, None, now())
+        for name in labels:
+            assert state.on_node(name) == fresh.on_node(name)
+        if op == "leave":  # exactly the children it ran are placed again
+            assert owners.call_count == (len(had) if was_member else 0)
+        elif op == "join" and not was_member:
+            # Its plain children, the 3 with replicas or needs, and at most the
+            # specs created since the arcs' index was made: not all 60.
+            taken = {i.spec.id for i in state.on_node(node).values()} - {"c1", "c2", "c3"}
+            assert owners.call_count <= len(taken) + 3 + edits
 
 
 # -- rolling updates ----------------------------------------------------------------------

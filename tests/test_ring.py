@@ -228,8 +228,7 @@ steps = st.one_of(
 def assert_same_ring(ring: Ring, nodes: set[str], vnodes: int, ties: bool) -> None:
     built = Ring(nodes, vnodes=vnodes)
     points, owners = reference_ring(nodes, vnodes, coarse if ties else xxhash.xxh3_64_intdigest)
-    assert ring._points == built._points == points
-    assert ring._owners == built._owners == owners
+    assert ring.layout() == built.layout() == (points, owners)
     assert ring._names == built._names == tuple(sorted(nodes))
     assert ring.nodes == frozenset(nodes) and ring.vnodes == vnodes
     for key in MOVE_KEYS[:200]:
@@ -282,7 +281,7 @@ def test_placer_ring_is_the_ring_built_from_scratch(
         nodes = nodes | {name} if join else nodes - {name}
         ring = placer.ring(frozenset(nodes))
         built = Ring(nodes)
-        assert ring._points == built._points and ring._owners == built._owners
+        assert ring.layout() == built.layout()
         assert ring._names == built._names and ring == built
         assert placer.ring(frozenset(nodes)) is ring
 
@@ -303,7 +302,7 @@ def test_placer_makes_the_new_ring_from_its_closest_cached_ring() -> None:
         changed.assert_called_once_with(base, nodes | {"new"})
         assert placer.ring(nodes) is base  # cached: not made again
         assert changed.call_count == 1
-    assert joined._owners == Ring(nodes | {"new"})._owners
+    assert joined.layout() == Ring(nodes | {"new"}).layout()
 
 
 # Plain-ring (owner) load, max / mean, for KEYS on node-{i} at 1000 vnodes,
@@ -362,3 +361,43 @@ def test_moved_fraction_on_join_and_leave(count: int) -> None:
     print(f"{count} nodes: join {joins}, leave {leaves}")
     assert sum(joins) / len(joins) <= MOVE_BOUNDS[count]
     assert sum(leaves) / len(leaves) <= MOVE_BOUNDS[count]
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["xxh3", "ties"])
+@given(nodes=st.sets(node_names, min_size=1, max_size=6), vnodes=st.integers(1, 30))
+@settings(max_examples=60, deadline=None)
+def test_arcs_are_exactly_the_keys_a_node_owns_first(
+    ties: bool, nodes: set[str], vnodes: int
+) -> None:
+    """``Ring.arcs(node)`` covers the hash of every key ``node`` owns first and of no
+    other key (``ties``: nearly every point ties with another node's)."""
+    with mock.patch("ringd.ring.node_points", coarse_points if ties else node_points):
+        ring = Ring(nodes, vnodes=vnodes)
+        arcs = {n: ring.arcs(n) for n in nodes}
+        points, _ = ring.layout()
+        # The keys, plus hashes right at every point and beside it (the arcs' edges).
+        hashes = [hash64(k) for k in MOVE_KEYS[:300]]
+        hashes += [h + d for h in points for d in (-1, 0, 1) if 0 <= h + d < 2**64]
+        for h in hashes:
+            with mock.patch("ringd.ring.hash64", return_value=h):
+                owner = ring.owner("k")
+            inside = [n for n in nodes if any(lo <= h < hi for lo, hi in arcs[n])]
+            assert inside == [owner], (h, inside, owner)
+    assert Ring(["a"]).arcs("b") == [] and Ring().arcs("a") == []
+
+
+def test_placer_keeps_the_most_recently_used_rings_within_its_points() -> None:
+    """The cache is bounded by points (a ring of 1,000 nodes is 1,000,000), not only
+    by rings, and evicts the least recently used: the ring in use every pass stays."""
+    placer = Placer(max_points=30 * DEFAULT_VNODES)
+    current = frozenset(f"node-{i}" for i in range(10))
+    ring = placer.ring(current)
+    others = [frozenset(f"other-{j}-{i}" for i in range(10)) for j in range(4)]
+    for nodes in others:
+        placer.ring(nodes)
+        assert placer.ring(current) is ring  # used again each time: never evicted
+    cached = placer._rings
+    assert sum(r.points for r in cached.values()) <= 30 * DEFAULT_VNODES
+    assert list(cached) == [others[-2], others[-1], current]
+    assert placer.ring(others[0]) is not None and others[0] in cached
+    assert others[-2] not in cached  # the least recently used went
