@@ -113,6 +113,10 @@ class MemoryEtcd:
         kvs = [kv for key, kv in sorted(self.kvs.items()) if key.startswith(prefix)]
         return self.revision, kvs
 
+    async def count(self, prefix: str) -> int:
+        self._enter("count")
+        return sum(key.startswith(prefix) for key in self.kvs)
+
     async def get(self, key: str) -> KV | None:
         self._enter("get")
         return self.kvs.get(key)

@@ -36,6 +36,25 @@ async def test_revisions_and_conditional_writes() -> None:
     assert await etcd.put_if("b", b"w", mod_revision=b.mod_revision)
 
 
+async def test_count_counts_the_keys_under_a_prefix() -> None:
+    etcd = MemoryEtcd()
+    assert await etcd.count(KEYS.prefix) == 0
+    await etcd.create_many([(KEYS.claim(f"c{i}"), b"x") for i in range(5)])
+    await etcd.put(KEYS.child("c0"), b"{}")
+    await etcd.put("/ringd/t2/claims/c0", b"another cluster")
+    assert await etcd.count(KEYS.prefix + "claims/") == 5
+    assert await etcd.count(KEYS.prefix) == 6
+    lease, _ = await etcd.grant(5)
+    await etcd.put(KEYS.claim("leased"), b"x", lease=lease)
+    await etcd.revoke(lease)
+    await etcd.delete(KEYS.claim("c0"))
+    assert await etcd.count(KEYS.prefix + "claims/") == 4
+    assert etcd.calls["count"] == 4
+    etcd.fail()
+    with pytest.raises(EtcdUnavailable):
+        await etcd.count(KEYS.prefix)
+
+
 async def test_leases_expire_on_the_trio_clock(autojump_clock: trio.testing.MockClock) -> None:
     etcd = MemoryEtcd()
     lease, ttl = await etcd.grant(2)
