@@ -30,16 +30,18 @@ nodes, as the ring places it.
         [--children 1000,10000,100000] [--per-daemon 100] [--profile PREFIX]
 
 The simulated nodes live in one extra Python process (``--simulate``): each holds a
-lease (TTL 60 s, kept alive every 10 s), its ``alive`` and ``status`` records as
-membership writes them, and claims (state "running", under its lease, as a daemon
-publishes them once its child runs) for exactly the children the ring gives it; it
-spawns nothing. It follows the cluster as a daemon does, on a ``ClusterView``
-(one list, then a watch), places with ``DesiredState`` (only changed specs are
-placed again), and holds its claims in memory: creates what is missing and free
-(create-if-absent; a claim still held elsewhere waits for the view to show it
-released), deletes what moved away, at most 5 passes a second. It also claims for
-any other node named ``sim*`` (the joiner), under the lease that node's alive
-record names, and keeps that lease alive.
+lease (TTL 60 s, kept alive every 10 s, the keepalives of all nodes spread over
+those 10 s), its ``alive`` and ``status`` records as membership writes them, and
+claims (state "running", under its lease, as a daemon publishes them once its
+child runs) for exactly the children the ring gives it; it spawns nothing. It
+follows the cluster as a daemon does, on a ``ClusterView`` (one list, then a
+watch), places with ``DesiredState`` (only changed specs are placed again), and
+holds its claims in memory: creates what is missing and free (create-if-absent;
+a claim still held elsewhere waits for the view to show it released), deletes
+what moved away, at most 5 passes a second. It also claims for any other node
+named ``sim*`` (the joiner), under the lease that node's alive record names, and
+keeps that lease alive. etcd's idle figures include those keepalives: 300
+simulated nodes send 30 a second, where 300 daemons (TTL 10 s) would send 120.
 
 Children the ring gives a real daemon really run (``sleep 3600``). ``--per-daemon``:
 sizes where a node would run more than this many children (C / nodes) are
@@ -51,7 +53,7 @@ and the simulator) about 0.35 ms of CPU a spec. Keep ``--real`` x C / nodes
 within what the machine spawns quickly: on 2 CPUs ``--per-daemon 400`` (1,200
 ``sleep`` processes at most) is fine. The default 100 skips 3 nodes at 1,000,
 3-30 nodes at 10,000, and every size at 100,000 up to 300 nodes (300 nodes at
-100,000: ``--per-daemon 400``, about 3 minutes). ``--real`` 2 or more measures
+100,000: ``--per-daemon 400``, about 2.5 minutes). ``--real`` 2 or more measures
 both the leave and the failover (the new daemon is the third), 1 the leave only;
 the first daemon is never stopped: specs are stored through it.
 
@@ -227,7 +229,8 @@ class Simulator:
         again = self._sync_claims()
         stale: dict[str, list[str]] = {}  # node -> keys to release
         missing: dict[str, list[tuple[str, bytes]]] = {}  # node -> claims to create
-        full = full or changed is None or again is None or self.state.token is not token
+        # Compared by value: DesiredState may hand out a new, equal token each pass.
+        full = full or changed is None or again is None or self.state.token != token
         if full or self.failed:  # every instance of every simulated node
             for node in ours:
                 want = self.state.on_node(node)
@@ -331,9 +334,15 @@ async def simulate(url: str, names: list[str]) -> None:
     simulator = Simulator(etcd, view)
 
     async def keepalive() -> None:
+        period = SIM_TTL / 6
         while True:
-            await trio.sleep(SIM_TTL / 6)
-            for lease in {*own, *simulator.leases.values()}:
+            leases = sorted({*own, *simulator.leases.values()})
+            if not leases:
+                await trio.sleep(period)
+            for lease in leases:
+                # Spread over the period, as independent daemons' are: a 5 s idle
+                # window sees half of them, not all or none.
+                await trio.sleep(period / len(leases))
                 try:
                     await etcd.keepalive(lease)
                 except EtcdUnavailable as exc:
