@@ -15,13 +15,13 @@ from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from .placement import Instance, NodeInfo, Placer
 from .ring import hash64
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping, Reversible
 
     from .records import Alive, Claim
     from .ring import Ring
@@ -104,6 +104,7 @@ class DesiredState:
     def __init__(self, placer: Placer | None = None) -> None:
         self.placer = placer or Placer()
         self._token: Token | None = None
+        self._inputs: Inputs | None = None  # of the last update (its token is _token)
         self._placed: dict[str, list[Instance]] = {}
         # node -> its instances by key: what ``on_node`` answers without a pass over
         # every child (each claim anywhere wakes a pass on every node).
@@ -130,7 +131,13 @@ class DesiredState:
         """Place ``specs`` (in start order). ``changed``: the ids that may differ
         since the last call (None: all of them). A spec placed anew goes last, as a
         new spec does in ``specs``."""
-        token = inputs.token()
+        if inputs is self._inputs and self._token is not None:
+            token = self._token  # the same inputs object (the reconciler keeps it)
+        else:
+            token = inputs.token()
+            if token == self._token:
+                token = self._token  # the same object while the inputs are the same
+        self._inputs = inputs
         previous = self._placed
         moved = None if changed is None else self._moved(token, inputs)
         if moved is None or changed is None:  # the first pass, or more than one node changed
@@ -139,10 +146,18 @@ class DesiredState:
             todo: Iterable[str] = list(specs)
         else:
             todo = list(dict.fromkeys([*moved, *changed]))
-            if any(i not in self._placed and i in specs for i in todo):
-                # New specs are placed (and so started) in ``specs``' order.
-                wanted = set(todo)
-                todo = [i for i in specs if i in wanted] + [i for i in todo if i not in specs]
+            new = {i for i in todo if i not in self._placed and i in specs}
+            if new:
+                # New specs are placed (and so started) in ``specs``' order. They are
+                # its last ones (a spec created goes last): look for them from the
+                # end, not over every spec (a pass per batch of 1,000 created).
+                ordered = []
+                for i in reversed(cast("Reversible[str]", specs)):
+                    if i in new:
+                        ordered.append(i)
+                        if len(ordered) == len(new):
+                            break
+                todo = ordered[::-1] + [i for i in todo if i not in new]
         # Eligible nodes and their ring per distinct need (labels, restricted group):
         # found once a pass, not once a child (a pass over every node for each of
         # 100,000; and finding a cached ring compares two sets of every node).
@@ -188,7 +203,7 @@ class DesiredState:
         """The children that may move when the inputs change from the last pass's
         to ``token`` ([] if they are the same); None when every child may (more
         than one node changed, or a group did)."""
-        if token == self._token:
+        if token is self._token:
             return []
         if self._token is None:
             return None

@@ -21,7 +21,7 @@ from .etcd import KV, Event
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 
 @dataclass(slots=True)
@@ -108,10 +108,19 @@ class MemoryEtcd:
 
     # -- keys -------------------------------------------------------------------------
 
-    async def list(self, prefix: str, *, page: int = 1000) -> tuple[int, builtins.list[KV]]:
+    async def list(self, prefix: str, *, page: int = 10_000) -> tuple[int, builtins.list[KV]]:
         self._enter("list")
         kvs = [kv for key, kv in sorted(self.kvs.items()) if key.startswith(prefix)]
         return self.revision, kvs
+
+    async def pages(
+        self, prefix: str, *, page: int = 10_000
+    ) -> AsyncIterator[tuple[int, builtins.list[KV]]]:
+        """As ``list``, ``page`` keys at a time (all read at one revision)."""
+        revision, kvs = await self.list(prefix)
+        for start in range(0, len(kvs), page):
+            yield revision, kvs[start : start + page]
+            await trio.lowlevel.checkpoint()  # another task may change the store meanwhile
 
     async def count(self, prefix: str) -> int:
         self._enter("count")

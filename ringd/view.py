@@ -77,7 +77,7 @@ class SpecKV(KV):
 def same_kv(a: KV | None, b: KV) -> bool:
     """The same key at the same version with the same value (a ``SpecKV`` equals the
     KV it was made from)."""
-    return (
+    return a is b or (
         a is not None
         and a.key == b.key
         and a.mod_revision == b.mod_revision
@@ -113,7 +113,25 @@ def _compact(spec: ChildSpec) -> ChildSpec:
     for name in ("env", "on"):
         if not getattr(spec, name):
             changes[name] = _NO_ENTRIES
+    if spec.on:  # labels: few distinct sets, each shared by many children
+        changes["on"] = _shared_labels(spec.on)
     return msgspec.structs.replace(spec, **changes)
+
+
+_LABEL_SETS: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+MAX_LABEL_SETS = 4096  # past this, a spec keeps its own dict (the cache stops growing)
+
+
+def _shared_labels(on: dict[str, str]) -> dict[str, str]:
+    """One dict per distinct ``on``, in its order (it encodes the same); never
+    changed in place: specs are frozen."""
+    key = tuple(on.items())
+    shared = _LABEL_SETS.get(key)
+    if shared is None:
+        if len(_LABEL_SETS) >= MAX_LABEL_SETS:
+            return on
+        shared = _LABEL_SETS[key] = {sys.intern(k): sys.intern(v) for k, v in on.items()}
+    return shared
 
 
 def _as_spec(kv: KV, name: str) -> SpecKV | None:
@@ -295,6 +313,11 @@ class ClusterView:
             return None, (self._epoch, len(log))
         return log[cursor[1] :], (self._epoch, len(log))
 
+    def stamp(self, kind: str, sub: str = "") -> tuple[int, int]:
+        """Changes whenever a key of this kind does (or the view re-lists): equal
+        stamps, the same keys and values (what a reader can cache on)."""
+        return self._epoch, len(self._log.get((kind, sub), ()))
+
     def _log_change(self, bucket: tuple[str, str], name: str) -> None:
         log = self._log.setdefault(bucket, [])
         log.append(name)
@@ -309,7 +332,10 @@ class ClusterView:
         previous = self.kvs.get(kv.key)
         if parsed := self.keys.parse(kv.key):
             name = parsed[1]
-            if parsed[0] == "children" and (held := _as_spec(kv, name)) is not None:
+            held = kv if isinstance(kv, SpecKV) else None
+            if parsed[0] == "children" and held is None:
+                held = _as_spec(kv, name)
+            if held is not None:
                 kv, name = held, held.spec.id  # one object, one name string (the spec's id)
                 self._records.pop(kv.key, None)
             bucket = self._index.setdefault((parsed[0], parsed[2]), {})
@@ -365,8 +391,24 @@ class ClusterView:
     # -- keeping current --------------------------------------------------------------
 
     async def _relist(self) -> None:
-        revision, kvs = await self.etcd.list(self.keys.prefix)
-        fresh = {kv.key: kv for kv in kvs}
+        # Read a page at a time, each spec kept as it will be held (or as the same
+        # object, if unchanged): the raw values of 100,000 specs (~40 MB) are never
+        # all held at once, and the heap does not keep that peak for ever.
+        revision, fresh = 0, {}
+        async for read_at, page in self.etcd.pages(self.keys.prefix):
+            revision = read_at
+            for kv in page:
+                held = self.kvs.get(kv.key)
+                if held is not None and (held.mod_revision, held.create_revision, held.lease) == (
+                    kv.mod_revision,
+                    kv.create_revision,
+                    kv.lease,
+                ):
+                    fresh[kv.key] = held  # the same version: the same value
+                    continue
+                parsed = self.keys.parse(kv.key)
+                spec = _as_spec(kv, parsed[1]) if parsed and parsed[0] == "children" else None
+                fresh[kv.key] = kv if spec is None else spec
         # What a watch would have told us, had it not broken.
         for key in [k for k in self.kvs if k not in fresh]:
             previous = self._delete(key)

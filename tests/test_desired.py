@@ -117,7 +117,9 @@ def test_update_places_only_the_changed_specs_again() -> None:
 
     specs["b"] = child("b", argv=["sleep", "61"])
     second = state.update(specs, {"b"}, inputs("n1", "n2"))
-    assert state.token == token, "same nodes and groups"
+    assert state.token is token, (
+        "same nodes and groups: the same object (the listing compares by identity)"
+    )
     assert second["a"] is first["a"] and second["c"] is first["c"], "not placed again"
     assert second["b"] is not first["b"]
     assert [i.spec for i in second["b"]] == [specs["b"]]

@@ -615,3 +615,32 @@ async def test_release_all_stops_every_child_and_releases_its_claim(
         await settle()
         await n1.reconciler.reconcile()
         assert len(n1.supervisor.started()) == 2, "no pass starts anything once stopping"
+
+
+async def test_inputs_are_made_again_only_when_a_node_drain_or_group_key_changes(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Every pass asks for the inputs: the same object while no node, drain or group
+    key changed (a claim or a spec does not count), a fresh one as soon as one does."""
+    async with cluster(tmp_path) as n1:
+        await settle()
+        first = n1.reconciler.inputs()
+        await put_spec(n1.etcd, child("web"))
+        await n1.etcd.put(KEYS.claim("other"), encode(Claim(node="n9")))
+        await settle()
+        assert n1.reconciler.inputs() is first
+        assert set(first.nodes) == {"n1"}
+
+        await other_node(n1.etcd, "n2")
+        await settle()
+        joined = n1.reconciler.inputs()
+        assert joined is not first and set(joined.nodes) == {"n1", "n2"}
+
+        await n1.etcd.put(KEYS.drain("n2"), b"{}")
+        await settle()
+        drained = n1.reconciler.inputs()
+        assert set(drained.nodes) == {"n1"} and drained.draining == {"n2"}
+
+        await put_group(n1.etcd, GroupRecord(spec=GroupSpec(name="g")))
+        await settle()
+        assert set(n1.reconciler.inputs().groups) == {"g"}

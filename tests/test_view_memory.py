@@ -4,7 +4,7 @@ before: values, identities, re-list without spurious changes. Pure, no etcd."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -12,6 +12,9 @@ from ringd.etcd import KV
 from ringd.keys import Keys
 from ringd.spec import ChildSpec, encode
 from ringd.view import ClusterView, SpecKV, same_kv
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 KEYS = Keys("/ringd/t/")
 
@@ -83,8 +86,9 @@ class ListOnly:
     def __init__(self, kvs: list[KV]) -> None:
         self.kvs = kvs
 
-    async def list(self, prefix: str) -> tuple[int, list[KV]]:
-        return 10, list(self.kvs)
+    async def pages(self, prefix: str) -> AsyncIterator[tuple[int, list[KV]]]:
+        for kv in self.kvs:  # a page of one key each
+            yield 10, [kv]
 
 
 def test_a_relist_of_the_same_specs_changes_nothing() -> None:
@@ -106,3 +110,25 @@ def test_a_relist_of_the_same_specs_changes_nothing() -> None:
                     return got
 
     assert trio.run(main) == []
+
+
+def test_equal_label_sets_are_shared_in_their_own_order() -> None:
+    """``on`` dicts equal in items and order are one dict; another order is another
+    dict, so that each spec still encodes as it was stored."""
+    v = view()
+    for revision, (child_id, on) in enumerate(
+        [
+            ("a", {"zone": "z1", "disk": "ssd"}),
+            ("b", {"zone": "z1", "disk": "ssd"}),
+            ("c", {"disk": "ssd", "zone": "z1"}),
+        ],
+        start=1,
+    ):
+        spec = ChildSpec(id=child_id, argv=["sleep", "1"], on=on)
+        v._put(KV(KEYS.child(child_id), encode(spec), revision, revision, 0))
+    a, b, c = (v.spec(i) for i in "abc")
+    assert a is not None and b is not None and c is not None
+    assert a.value.on is b.value.on and a.value.on is not c.value.on
+    for stored in (a, b, c):
+        assert stored.kv.value == encode(stored.value)
+    assert list(c.value.on) == ["disk", "zone"]
