@@ -1,0 +1,40 @@
+"""The daemon keeps large allocations mmap'd (``daemon.fix_mmap_threshold``), so
+that freed ones go back to the system: a placer at 1,000 nodes through five joins
+(each ring 12 MiB, two kept), in a fresh interpreter, on glibc."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import gc, sys
+from ringd.daemon import fix_mmap_threshold
+from ringd.placement import Placer
+fixed = fix_mmap_threshold() if sys.argv[1] == "fix" else False
+placer = Placer()
+names = [f"n{i:04d}" for i in range(1000)]
+placer.ring(frozenset(names))
+for i in range(5):
+    placer.ring(frozenset([*names, f"joiner{i}"]))
+gc.collect()
+print(fixed, int(open("/proc/self/statm").read().split()[1]) * 4096 // 2**20)
+"""
+
+
+def rss_after_joins(mode: str) -> tuple[bool, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return out[0] == "True", int(out[1])
+
+
+def test_freed_rings_go_back_to_the_system() -> None:
+    fixed, after_fix = rss_after_joins("fix")
+    if not fixed:
+        pytest.skip("not glibc: mallopt is not there")
+    _, by_default = rss_after_joins("default")
+    # Measured: 89 MiB against 125 (the rings kept are 24 MiB of it).
+    assert after_fix < by_default - 20, (after_fix, by_default)
