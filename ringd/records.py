@@ -62,9 +62,11 @@ class Drain(msgspec.Struct, frozen=True, kw_only=True):
     by: str = ""
 
 
-class Claim(msgspec.Struct, frozen=True, kw_only=True):
+class Claim(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """``claims/<instance>``, under the owner's lease: the instance runs there (or is
-    about to). Its create revision is the instance's fencing token."""
+    about to). Its create revision is the instance's fencing token. Stored without
+    its default values (every daemon holds every claim: ~85 bytes less each;
+    readers fill the defaults in)."""
 
     node: str
     state: str = "starting"

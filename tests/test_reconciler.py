@@ -644,3 +644,15 @@ async def test_inputs_are_made_again_only_when_a_node_drain_or_group_key_changes
         await put_group(n1.etcd, GroupRecord(spec=GroupSpec(name="g")))
         await settle()
         assert set(n1.reconciler.inputs().groups) == {"g"}
+
+
+def test_a_claim_is_stored_without_its_default_values_and_read_back_whole() -> None:
+    """Every daemon holds every claim: its defaults are not stored (a reader fills
+    them in), and an older claim written with every field reads the same."""
+    claim = Claim(node="n1", state="running", id="web", instance="web", pid=42, ready=True)
+    stored = encode(claim)
+    assert b"role" not in stored and b"halted" not in stored and b"restarts" not in stored
+    assert records.decode("claims", "", "web", stored) == claim
+    every_field = msgspec.json.encode(msgspec.structs.asdict(claim))
+    assert len(stored) < len(every_field) - 60
+    assert records.decode("claims", "", "web", every_field) == claim
