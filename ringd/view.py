@@ -184,7 +184,9 @@ class ClusterView:
         # down: keep it well under a lease TTL (one list or watch per second per
         # daemon is no load for etcd).
         self.max_backoff = max_backoff
-        self.kvs: dict[str, KV] = {}
+        # Keys of no kind the view knows (each known key is only in ``_index``: a
+        # second map of every key cost ~10 MiB at 200,000 keys).
+        self._other: dict[str, KV] = {}
         self.revision = 0
         self.version = 0  # bumped on every change; see wait_changed
         self._changed = trio.Event()
@@ -328,8 +330,22 @@ class ClusterView:
         self._epoch += 1
         self._log = {}
 
+    def held(self, key: str) -> KV | None:
+        """The key as the view holds it, by its full key."""
+        parsed = self.keys.parse(key)
+        if parsed is None:
+            return self._other.get(key)
+        return self._index.get((parsed[0], parsed[2]), _EMPTY).get(parsed[1])
+
+    def _keys(self) -> list[str]:
+        """Every key held."""
+        out = list(self._other)
+        for bucket in self._index.values():
+            out += [kv.key for kv in bucket.values()]
+        return out
+
     def _put(self, kv: KV) -> KV | None:
-        previous = self.kvs.get(kv.key)
+        previous = self.held(kv.key)
         if parsed := self.keys.parse(kv.key):
             name = parsed[1]
             held = kv if isinstance(kv, SpecKV) else None
@@ -343,14 +359,18 @@ class ClusterView:
                 bucket.pop(name, None)  # a new incarnation: it goes last
             bucket[name] = kv
             self._log_change((parsed[0], parsed[2]), name)
-        self.kvs[kv.key] = kv
+        else:
+            self._other[kv.key] = kv
         return previous
 
     def _delete(self, key: str) -> KV | None:
-        previous = self.kvs.pop(key, None)
         self._records.pop(key, None)
-        if (parsed := self.keys.parse(key)) and (bucket := self._index.get((parsed[0], parsed[2]))):
-            bucket.pop(parsed[1], None)
+        parsed = self.keys.parse(key)
+        if parsed is None:
+            return self._other.pop(key, None)
+        previous = None
+        if bucket := self._index.get((parsed[0], parsed[2])):
+            previous = bucket.pop(parsed[1], None)
             self._log_change((parsed[0], parsed[2]), parsed[1])
         return previous
 
@@ -398,7 +418,7 @@ class ClusterView:
         async for read_at, page in self.etcd.pages(self.keys.prefix):
             revision = read_at
             for kv in page:
-                held = self.kvs.get(kv.key)
+                held = self.held(kv.key)
                 if held is not None and (held.mod_revision, held.create_revision, held.lease) == (
                     kv.mod_revision,
                     kv.create_revision,
@@ -410,12 +430,12 @@ class ClusterView:
                 spec = _as_spec(kv, parsed[1]) if parsed and parsed[0] == "children" else None
                 fresh[kv.key] = kv if spec is None else spec
         # What a watch would have told us, had it not broken.
-        for key in [k for k in self.kvs if k not in fresh]:
+        for key in [k for k in self._keys() if k not in fresh]:
             previous = self._delete(key)
             assert previous is not None
             self._publish(Change("delete", previous, previous))
         for key, kv in fresh.items():
-            if not same_kv(self.kvs.get(key), kv):
+            if not same_kv(self.held(key), kv):
                 self._publish(Change("put", kv, self._put(kv)))
         # Keep every kind in create-revision order (what a watch alone keeps), and
         # make readers of changes() start over from the fresh state.

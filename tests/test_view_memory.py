@@ -40,7 +40,7 @@ def test_a_valid_spec_is_one_object_with_the_same_value_and_record() -> None:
     stored = v.spec("a")
     assert stored is not None and stored.kv is held  # what the listing compares
     assert stored.value == ChildSpec(id="a", argv=["/bin/sleep", "9"], env={"X": "1"})
-    assert v.kvs[kv.key] is held and v.get("children", "a") is held
+    assert v.held(kv.key) is held and v.get("children", "a") is held
     assert not v._records  # no second copy
 
 
@@ -132,3 +132,30 @@ def test_equal_label_sets_are_shared_in_their_own_order() -> None:
     for stored in (a, b, c):
         assert stored.kv.value == encode(stored.value)
     assert list(c.value.on) == ["disk", "zone"]
+
+
+def test_each_key_is_held_once_whatever_its_kind_and_a_relist_drops_the_gone() -> None:
+    """A known key lives in its kind's index only (no second map of every key); one
+    of no known kind is held apart; a re-list without them deletes both, once."""
+    odd = KV(KEYS.prefix + "weird/x/y/z", b"?", 3, 3, 0)
+    claim = KV(KEYS.claim("a"), b'{"node":"n1"}', 2, 2, 0)
+    v = view(ListOnly([spec_kv("a", 1), claim, odd]))
+
+    async def main() -> list[tuple[str, str]]:
+        await v._relist()
+        assert v.held(odd.key) is odd and v.held(claim.key) is claim
+        assert sorted(v._keys()) == sorted([KEYS.child("a"), claim.key, odd.key])
+        assert not hasattr(v, "kvs")
+        v.etcd = ListOnly([spec_kv("a", 1)])
+        with v.subscribe() as changes:
+            await v._relist()
+            got = []
+            while True:
+                try:
+                    change = changes.receive_nowait()
+                except trio.WouldBlock:
+                    return got
+                got.append((change.kind, change.kv.key))
+
+    assert sorted(trio.run(main)) == sorted([("delete", claim.key), ("delete", odd.key)])
+    assert v.held(odd.key) is None and v.held(claim.key) is None and v.claims() == {}
