@@ -55,19 +55,26 @@ class SpecKV(KV):
     encoded again when read (``value``). One object per spec, where a plain KV plus a
     decoded record held the value twice (see BENCHMARKS.md, "Scale")."""
 
-    __slots__ = ("spec",)
+    __slots__ = ("_prefix", "spec")
     spec: ChildSpec
+    _prefix: str
 
     def __init__(self, kv: KV, spec: ChildSpec) -> None:
-        # Not KV.__init__: it would set ``value``, a property here.
+        # Not KV.__init__: it would set ``value`` and ``key``, properties here.
         setattr_ = object.__setattr__
-        setattr_(self, "key", kv.key)
+        # The key is made when read: its text (~80 bytes a spec) is the spec's id
+        # after a prefix that all specs share.
+        setattr_(self, "_prefix", sys.intern(kv.key[: len(kv.key) - len(spec.id)]))
         setattr_(self, "create_revision", kv.create_revision)
         # One int object when equal (a spec never changed since it was created).
         same = kv.mod_revision == kv.create_revision
         setattr_(self, "mod_revision", kv.create_revision if same else kv.mod_revision)
         setattr_(self, "lease", kv.lease)
         setattr_(self, "spec", spec)
+
+    @property
+    def key(self) -> str:
+        return self._prefix + self.spec.id
 
     @property
     def value(self) -> bytes:

@@ -53,6 +53,9 @@ def test_repeated_values_are_shared_between_specs() -> None:
     assert a.value.argv[0] is b.value.argv[0]
     assert a.value.on is b.value.on and a.value.env is b.value.env
     assert a.value.max_seconds is b.value.max_seconds
+    # The key is not held: made from the spec's id after one shared prefix.
+    assert a.kv.key == KEYS.child("a") and b.kv.key == KEYS.child("b")
+    assert a.kv._prefix is b.kv._prefix  # type: ignore[attr-defined]
 
 
 def test_invalid_and_non_canonical_specs_keep_their_raw_value() -> None:
