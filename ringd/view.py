@@ -81,6 +81,30 @@ class SpecKV(KV):
         return encode(self.spec)
 
 
+class NamedKV(KV):
+    """A key as the view holds one of many of a kind (a claim): its text is made
+    when read from a prefix they all share and its name, which the index holds
+    anyway (~70 bytes less a key: 100,000 claims are 100,000 keys)."""
+
+    __slots__ = ("_name", "_prefix")
+    _name: str
+    _prefix: str
+
+    def __init__(self, kv: KV, name: str) -> None:
+        setattr_ = object.__setattr__  # KV.__init__ would set ``key``, a property here
+        setattr_(self, "_prefix", sys.intern(kv.key[: len(kv.key) - len(name)]))
+        setattr_(self, "_name", name)
+        setattr_(self, "value", kv.value)
+        setattr_(self, "create_revision", kv.create_revision)
+        same = kv.mod_revision == kv.create_revision
+        setattr_(self, "mod_revision", kv.create_revision if same else kv.mod_revision)
+        setattr_(self, "lease", kv.lease)
+
+    @property
+    def key(self) -> str:
+        return self._prefix + self._name
+
+
 def same_kv(a: KV | None, b: KV) -> bool:
     """The same key at the same version with the same value (a ``SpecKV`` equals the
     KV it was made from)."""
@@ -361,6 +385,8 @@ class ClusterView:
             if held is not None:
                 kv, name = held, held.spec.id  # one object, one name string (the spec's id)
                 self._records.pop(kv.key, None)
+            elif parsed[0] == "claims" and not isinstance(kv, NamedKV):
+                kv = NamedKV(kv, name)
             bucket = self._index.setdefault((parsed[0], parsed[2]), {})
             if previous is not None and previous.create_revision != kv.create_revision:
                 bucket.pop(name, None)  # a new incarnation: it goes last

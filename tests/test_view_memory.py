@@ -11,7 +11,7 @@ import trio
 from ringd.etcd import KV
 from ringd.keys import Keys
 from ringd.spec import ChildSpec, encode
-from ringd.view import ClusterView, SpecKV, same_kv
+from ringd.view import ClusterView, NamedKV, SpecKV, same_kv
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -146,7 +146,9 @@ def test_each_key_is_held_once_whatever_its_kind_and_a_relist_drops_the_gone() -
 
     async def main() -> list[tuple[str, str]]:
         await v._relist()
-        assert v.held(odd.key) is odd and v.held(claim.key) is claim
+        assert v.held(odd.key) is odd and same_kv(v.held(claim.key), claim)
+        held = v.held(claim.key)  # a claim's key text is made when read
+        assert isinstance(held, NamedKV) and held.key == claim.key
         assert sorted(v._keys()) == sorted([KEYS.child("a"), claim.key, odd.key])
         assert not hasattr(v, "kvs")
         v.etcd = ListOnly([spec_kv("a", 1)])
