@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from ringd.placement import NodeInfo
 from ringd.protocol import Client
 from ringd.ring import Ring
 from ringd.spec import ChildSpec, encode
-from ringd.testing import Daemon, kill_pids, wait_gone
+from ringd.testing import Daemon
 from ringd.testing.etcd import private_etcd
 from ringd.view import ClusterView
 
@@ -188,13 +187,7 @@ def which_children(rows: int, groups: int = 10) -> dict[str, float]:
             out["rss"] = _rss(daemon.pid)
             return out
         finally:
-            helpers = helpers or daemon.helpers()
-            if daemon.running():
-                try:
-                    daemon.stop(timeout=60)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-            kill_pids(wait_gone(helpers.values(), 10))  # its guard and etcd, if left
+            daemon.shutdown(helpers.values())  # its guard (and etcd), if left
 
 
 async def _store_unrunnable(url: str, keys: Keys, count: int) -> None:
@@ -251,13 +244,7 @@ def join(count: int, cluster: str = "scale") -> dict[str, float]:
             assert len(listed) == count, len(listed)
             return {"store": stored, "ready": ready, "rss": rss}
         finally:
-            helpers = helpers or daemon.helpers()
-            if daemon.running():
-                try:
-                    daemon.stop(timeout=60)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-            kill_pids(wait_gone(helpers.values(), 10))  # its guard, if left
+            daemon.shutdown(helpers.values())  # its guard (and etcd), if left
 
 
 def main(argv: list[str] | None = None) -> int:

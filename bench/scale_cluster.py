@@ -516,11 +516,7 @@ class Cluster:
             self.sim.kill()
             self.sim.wait()
         for d in self.daemons:
-            if d.running():
-                try:
-                    d.stop(timeout=60)
-                except subprocess.TimeoutExpired:
-                    d.kill()
+            d.shutdown()
         kill_pids(wait_gone(self.helpers, 10))
         if self.client is not None:
             self.client.close()

@@ -79,6 +79,14 @@ def _number(name: str) -> int:
     return number
 
 
+def _position(points: array[int], owners: array[int], point: int, number: int, lo: int) -> int:
+    """Where node ``number``'s ``point`` is in a ring (at ``lo`` or after)."""
+    pos = bisect_left(points, point, lo)
+    while owners[pos] != number:  # an equal point of another node comes first
+        pos += 1
+    return pos
+
+
 def _remove(
     points: array[int], owners: array[int], name: str, own: Sequence[int]
 ) -> tuple[array[int], array[int]]:
@@ -87,9 +95,7 @@ def _remove(
     keep = [0]  # alternating: start of a kept run, end of it (= a removed position)
     lo = 0
     for point in own:
-        pos = bisect_left(points, point, lo)
-        while owners[pos] != number:  # an equal point of another node comes first
-            pos += 1
+        pos = _position(points, owners, point, number, lo)
         keep += (pos, pos + 1)
         lo = pos + 1
     keep.append(len(points))
@@ -265,10 +271,9 @@ class Ring:
         number = _NUMBERS[node]
         points, owners = self._points, self._owners
         out = []
-        for point in node_points(node, self._vnodes):
-            i = bisect_left(points, point)
-            while owners[i] != number:  # an equal point of another node comes first
-                i += 1
+        i = -1
+        for point in node_points(node, self._vnodes):  # sorted: each after the last
+            i = _position(points, owners, point, number, i + 1)
             if i and points[i - 1] == point:
                 continue  # equal points: the first one owns the arc, the rest nothing
             if i:

@@ -49,60 +49,49 @@ class Stored(Generic[T]):
     kv: KV
 
 
-class SpecKV(KV):
-    """A valid child spec's key as the view holds it: the decoded ``spec`` instead of
-    its raw value, which is the spec's canonical encoding (what ringd writes) and is
-    encoded again when read (``value``). One object per spec, where a plain KV plus a
-    decoded record held the value twice (see BENCHMARKS.md, "Scale")."""
-
-    __slots__ = ("_prefix", "spec")
-    spec: ChildSpec
-    _prefix: str
-
-    def __init__(self, kv: KV, spec: ChildSpec) -> None:
-        # Not KV.__init__: it would set ``value`` and ``key``, properties here.
-        setattr_ = object.__setattr__
-        # The key is made when read: its text (~80 bytes a spec) is the spec's id
-        # after a prefix that all specs share.
-        setattr_(self, "_prefix", sys.intern(kv.key[: len(kv.key) - len(spec.id)]))
-        setattr_(self, "create_revision", kv.create_revision)
-        # One int object when equal (a spec never changed since it was created).
-        same = kv.mod_revision == kv.create_revision
-        setattr_(self, "mod_revision", kv.create_revision if same else kv.mod_revision)
-        setattr_(self, "lease", kv.lease)
-        setattr_(self, "spec", spec)
-
-    @property
-    def key(self) -> str:
-        return self._prefix + self.spec.id
-
-    @property
-    def value(self) -> bytes:
-        return encode(self.spec)
-
-
 class NamedKV(KV):
-    """A key as the view holds one of many of a kind (a claim): its text is made
-    when read from a prefix they all share and its name, which the index holds
+    """A key as the view holds one of many of a kind (a claim, a spec): its text is
+    made when read from a prefix they all share and its name, which the index holds
     anyway (~70 bytes less a key: 100,000 claims are 100,000 keys)."""
 
     __slots__ = ("_name", "_prefix")
     _name: str
     _prefix: str
 
-    def __init__(self, kv: KV, name: str) -> None:
-        setattr_ = object.__setattr__  # KV.__init__ would set ``key``, a property here
+    def __init__(self, kv: KV, name: str, value: bytes | None) -> None:
+        """``value``: None when a subclass makes it (``SpecKV``)."""
+        setattr_ = object.__setattr__  # not KV.__init__: ``key`` is a property here
         setattr_(self, "_prefix", sys.intern(kv.key[: len(kv.key) - len(name)]))
         setattr_(self, "_name", name)
-        setattr_(self, "value", kv.value)
         setattr_(self, "create_revision", kv.create_revision)
+        # One int object when equal (a key never changed since it was created).
         same = kv.mod_revision == kv.create_revision
         setattr_(self, "mod_revision", kv.create_revision if same else kv.mod_revision)
         setattr_(self, "lease", kv.lease)
+        if value is not None:
+            setattr_(self, "value", value)
 
     @property
     def key(self) -> str:
         return self._prefix + self._name
+
+
+class SpecKV(NamedKV):
+    """A valid child spec's key as the view holds it: the decoded ``spec`` instead of
+    its raw value, which is the spec's canonical encoding (what ringd writes) and is
+    encoded again when read (``value``). One object per spec, where a plain KV plus a
+    decoded record held the value twice (see BENCHMARKS.md, "Scale")."""
+
+    __slots__ = ("spec",)
+    spec: ChildSpec
+
+    def __init__(self, kv: KV, spec: ChildSpec) -> None:
+        super().__init__(kv, spec.id, None)
+        object.__setattr__(self, "spec", spec)
+
+    @property
+    def value(self) -> bytes:
+        return encode(self.spec)
 
 
 def same_kv(a: KV | None, b: KV) -> bool:
@@ -341,10 +330,10 @@ class ClusterView:
 
         This lets a reader of thousands of keys do work per change, not per key.
         """
-        log = self._log.get((kind, sub), [])
+        now = self.stamp(kind, sub)
         if cursor is None or cursor[0] != self._epoch:
-            return None, (self._epoch, len(log))
-        return log[cursor[1] :], (self._epoch, len(log))
+            return None, now
+        return self._log.get((kind, sub), [])[cursor[1] :], now
 
     def stamp(self, kind: str, sub: str = "") -> tuple[int, int]:
         """Changes whenever a key of this kind does (or the view re-lists): equal
@@ -386,7 +375,7 @@ class ClusterView:
                 kv, name = held, held.spec.id  # one object, one name string (the spec's id)
                 self._records.pop(kv.key, None)
             elif parsed[0] == "claims" and not isinstance(kv, NamedKV):
-                kv = NamedKV(kv, name)
+                kv = NamedKV(kv, name, kv.value)
             bucket = self._index.setdefault((parsed[0], parsed[2]), {})
             if previous is not None and previous.create_revision != kv.create_revision:
                 bucket.pop(name, None)  # a new incarnation: it goes last

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import trio
@@ -15,6 +16,7 @@ import trio.testing
 
 import ringd
 from ringd.testing import processes
+from ringd.testing.processes import wait_gone
 from ringd.testing.waiting import WaitTimeout, wait_until, wait_until_async
 
 
@@ -83,3 +85,15 @@ def test_ringd_s_public_names_are_imported_on_first_use() -> None:
     assert issubclass(ringd.RingdError, Exception)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         ringd.nothing  # noqa: B018
+
+
+def test_shutdown_stops_a_daemon_and_leaves_none_of_its_helpers(cluster: Any) -> None:
+    """``Daemon.shutdown``: SIGTERM (the daemon leaves the cluster), then whatever of
+    its helpers is left is killed by pid: nothing of it runs afterwards."""
+    d = cluster.daemon("a")
+    helpers = list(d.helpers().values())
+    assert helpers, "a daemon has its guard"
+    d.shutdown()
+    assert not d.running() and d.process is not None and d.process.returncode == 0
+    assert wait_gone(helpers, 5) == []
+    d.shutdown()  # a second call, with nothing left to stop, is harmless

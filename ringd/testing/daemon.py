@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..protocol import Client, RemoteError, Unreachable
-from .processes import helpers_of
+from .processes import helpers_of, kill_pids, wait_gone
 from .waiting import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 class DaemonExited(AssertionError):
@@ -185,6 +188,18 @@ class Daemon:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
+
+    def shutdown(self, helpers: Iterable[int] = (), timeout: float = 60) -> None:
+        """Stop it as an operator would (SIGTERM; SIGKILL after ``timeout``), then
+        kill whatever of its helpers is left: ``helpers`` (pids read while it ran)
+        and those it has now."""
+        left = {*helpers, *self.helpers().values()}
+        if self.running():
+            try:
+                self.stop(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        kill_pids(wait_gone(left, 10))
 
     def cleanup(self) -> None:
         """SIGKILL it if it still runs (its guard then kills its children)."""
