@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ringd import procfs
-from ringd.testing.processes import start_sampler, stop_sampler
+from ringd.testing.processes import check_kept_up, start_sampler, stop_sampler
 
 if TYPE_CHECKING:
     import subprocess
@@ -124,9 +124,8 @@ class Sampler:
     def check_rate(self, min_hz: float = 10.0) -> None:
         """The sampler kept up: at least ``min_hz`` scans a second on average (it
         scans ~50 times a second asked for 20 ms on an idle machine)."""
-        duration = self.ended - self.began
-        assert len(self.scans) >= min_hz * duration, (
-            f"the sampler fell behind: {len(self.scans)} scans in {duration:.1f} s"
+        check_kept_up(
+            [s.begin for s in self.scans], self.began, self.ended, "the sampler", min_hz=min_hz
         )
 
     def fewest(self, child_id: str) -> tuple[int, Scan]:

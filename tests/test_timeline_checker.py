@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from ringd import procfs
+from ringd.testing.processes import check_kept_up
 
 from .timeline import Timeline, claim_violations
 
@@ -27,6 +28,20 @@ def test_the_chaos_checker_flags_a_child_running_under_another_nodes_claim() -> 
     assert [(i, inst) for _, i, inst in claim_violations(1.0, before, after, live)] == [
         ("b", [(101, "n1"), (0, "claim of n2")])
     ]
+
+
+def test_a_short_window_with_few_scans_passes_but_a_stall_or_a_slow_sampler_fails() -> None:
+    # 2 scans in 0.5 s (a loaded machine, a short test): it watched all along.
+    check_kept_up([0.0, 0.25], 0.01, 0.5, "s", min_hz=5)
+    with pytest.raises(AssertionError, match=r"s stalled: 1\.50 s without a scan"):
+        check_kept_up([0.0, 0.1, 1.6], 0.0, 1.7, "s", min_hz=5)
+    with pytest.raises(AssertionError, match=r"stalled: 2\.00 s"):  # died before the stop
+        check_kept_up([0.0, 0.5, 1.0], 0.0, 3.0, "s", min_hz=1)
+    slow = [i * 0.9 for i in range(12)]  # ~1 Hz for 10 s: no gap over 1 s, too few
+    with pytest.raises(AssertionError, match="fell behind: 12 scans in 10.0 s, fewer than 47"):
+        check_kept_up(slow, 0.0, 10.0, "s", min_hz=5)
+    with pytest.raises(AssertionError, match="never scanned"):
+        check_kept_up([], 0.0, 1.0, "s", min_hz=5)
 
 
 def test_a_timeline_samples_and_says_for_how_long() -> None:

@@ -129,3 +129,35 @@ def stop_sampler(process: Popen, out: Path, what: str) -> dict[str, Any]:
     if process.returncode != 0 or "scans" not in data:
         raise AssertionError(f"{what} failed (exit {process.returncode})")
     return data
+
+
+def check_kept_up(
+    begins: Iterable[float],
+    began: float,
+    ended: float,
+    what: str,
+    *,
+    min_hz: float,
+    max_gap: float = 1.0,
+) -> None:
+    """Assert a sampler watched all of ``[began, ended]``: no gap between one scan's
+    start and the next (or the stop) longer than ``max_gap`` seconds, and at least
+    ``min_hz`` scans a second after its first half second.
+
+    The gap is what catches a sampler that stalled or died; the rate alone cannot
+    judge a short window (2 scans in 0.5 s on a loaded 2-CPU machine is a sampler
+    that kept watching, not one that fell behind).
+    """
+    starts = sorted(begins)
+    assert starts, f"{what} never scanned"
+    points = [t for t in starts if t >= began] + [ended]
+    gaps = [b - a for a, b in zip([starts[0], *points], points, strict=False) if b > a]
+    largest = max(gaps, default=0.0)
+    assert largest <= max_gap, (
+        f"{what} stalled: {largest:.2f} s without a scan (at most {max_gap:g} s)"
+    )
+    duration = ended - began
+    least = int(min_hz * max(0.0, duration - 0.5))
+    assert len(starts) >= least, (
+        f"{what} fell behind: {len(starts)} scans in {duration:.1f} s, fewer than {least}"
+    )
