@@ -62,7 +62,7 @@ class Drain(msgspec.Struct, frozen=True, kw_only=True):
     by: str = ""
 
 
-class Claim(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Claim(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """``claims/<instance>``, under the owner's lease: the instance runs there (or is
     about to). Its create revision is the instance's fencing token. Stored without
     its default values (every daemon holds every claim: ~85 bytes less each;

@@ -32,7 +32,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV_PREFIX = "RINGD_"
 
 
-class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """What to run and how to supervise it.
 
     ``argv`` is a list, never a shell string; ringd execs it directly.

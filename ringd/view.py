@@ -94,6 +94,25 @@ class SpecKV(NamedKV):
         return encode(self.spec)
 
 
+class ClaimKV(NamedKV):
+    """A claim's key as the view holds it: the decoded ``claim`` (its strings shared
+    where equal, see ``_compact_claim``) instead of its raw value, which is the
+    claim's canonical encoding (what ringd writes), encoded again when read. Every
+    daemon holds every claim: raw bytes, a decoded copy and a cache entry were
+    ~1 KiB a claim, this is ~0.3 KiB (BENCHMARKS.md, "Scale")."""
+
+    __slots__ = ("claim",)
+    claim: Claim
+
+    def __init__(self, kv: KV, name: str, claim: Claim) -> None:
+        super().__init__(kv, name, None)
+        object.__setattr__(self, "claim", claim)
+
+    @property
+    def value(self) -> bytes:
+        return encode(self.claim)
+
+
 def same_kv(a: KV | None, b: KV) -> bool:
     """The same key at the same version with the same value (a ``SpecKV`` equals the
     KV it was made from)."""
@@ -165,6 +184,43 @@ def _as_spec(kv: KV, name: str) -> SpecKV | None:
     if encode(spec) != kv.value:
         return None
     return SpecKV(kv, _compact(spec))
+
+
+def _compact_claim(claim: Claim, name: str, fence: int, revision: int | None) -> Claim:
+    """``claim`` with its repeated values shared, encoded the same: the claim key's
+    ``name`` for its instance and id, interned node, state, role and group names,
+    and the given ints (the key's create revision, the spec's mod revision) where
+    equal."""
+    changes: dict[str, Any] = {}
+    child_id = name.partition("/")[0]
+    if claim.instance == name:
+        changes["instance"] = name
+    if claim.id == child_id:
+        changes["id"] = name if child_id == name else sys.intern(child_id)
+    for field in ("node", "state", "role", "group", "health"):
+        if (value := getattr(claim, field)) is not None:
+            changes[field] = sys.intern(value)
+    if claim.fence == fence:
+        changes["fence"] = fence
+    if revision is not None and claim.revision == revision:
+        changes["revision"] = revision
+    return msgspec.structs.replace(claim, **changes)
+
+
+def _as_claim(kv: KV, name: str, spec: KV | None) -> ClaimKV | None:
+    """A claim's KV as the view keeps it, or None to keep the raw KV (invalid, or not
+    in canonical form)."""
+    try:
+        claim: Claim = records.decode("claims", "", name, kv.value)
+    except records.InvalidRecord:
+        return None  # logged by record(), once per revision
+    if encode(claim) != kv.value:
+        return None
+    held = ClaimKV(kv, name, claim)  # its ints are the ones the claim's fields share
+    spec_revision = spec.mod_revision if spec is not None else None
+    compact = _compact_claim(claim, held._name, held.create_revision, spec_revision)
+    object.__setattr__(held, "claim", compact)
+    return held
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +307,8 @@ class ClusterView:
             return None
         if isinstance(kv, SpecKV):
             return Stored(kv.spec, kv)
+        if isinstance(kv, ClaimKV):
+            return Stored(kv.claim, kv)
         cached = self._records.get(kv.key)
         if cached is None or cached[0] != kv.mod_revision:
             try:
@@ -375,7 +433,12 @@ class ClusterView:
                 kv, name = held, held.spec.id  # one object, one name string (the spec's id)
                 self._records.pop(kv.key, None)
             elif parsed[0] == "claims" and not isinstance(kv, NamedKV):
-                kv = NamedKV(kv, name, kv.value)
+                child_id = name.partition("/")[0]  # a replica's instance: <id>/<n>
+                spec = self._index.get(("children", ""), _EMPTY).get(child_id)
+                if isinstance(spec, SpecKV) and name == spec.spec.id:
+                    name = spec.spec.id  # one string for the spec's and claim's names
+                kv = _as_claim(kv, name, spec) or NamedKV(kv, name, kv.value)
+                self._records.pop(kv.key, None)
             bucket = self._index.setdefault((parsed[0], parsed[2]), {})
             if previous is not None and previous.create_revision != kv.create_revision:
                 bucket.pop(name, None)  # a new incarnation: it goes last

@@ -1,17 +1,19 @@
-"""How the view holds child specs (one small object per valid spec, the raw value
-kept only where it cannot be encoded back) and that readers see what they saw
+"""How the view holds child specs and claims (one small object per valid spec or
+claim, the raw value kept only where it cannot be encoded back) and that readers see what they saw
 before: values, identities, re-list without spurious changes. Pure, no etcd."""
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ringd.etcd import KV
 from ringd.keys import Keys
+from ringd.records import Claim
 from ringd.spec import ChildSpec, encode
-from ringd.view import ClusterView, NamedKV, SpecKV, same_kv
+from ringd.view import ClaimKV, ClusterView, NamedKV, SpecKV, same_kv
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -164,3 +166,53 @@ def test_each_key_is_held_once_whatever_its_kind_and_a_relist_drops_the_gone() -
 
     assert sorted(trio.run(main)) == sorted([("delete", claim.key), ("delete", odd.key)])
     assert v.held(odd.key) is None and v.held(claim.key) is None and v.claims() == {}
+
+
+def claim_kv(name: str, created: int, **fields: Any) -> KV:
+    value = encode(Claim(node="n1", **fields))  # decoded, its strings are new ones
+    return KV(KEYS.claim(name), value, created, created, 42)
+
+
+def test_a_valid_claim_is_one_object_sharing_what_it_repeats() -> None:
+    """Every daemon holds every claim: decoded once, no raw value and no cached
+    record, its names and revisions the objects the view holds anyway."""
+    v = view()
+    v._put(spec_kv("web", 3))
+    v._put(claim_kv("web", 8, state="running", id="web", instance="web", fence=8, revision=3))
+    v._put(claim_kv("web/1", 9, state="running", id="web", instance="web/1", role="replica"))
+    spec = v.stored_specs()["web"]
+    for name, created in (("web", 8), ("web/1", 9)):
+        held = v.held(KEYS.claim(name))
+        assert isinstance(held, ClaimKV) and v.get("claims", name) is held
+        assert (held.key, held.create_revision, held.mod_revision, held.lease) == (
+            KEYS.claim(name),
+            created,
+            created,
+            42,
+        )
+        stored = v.claim(name)
+        assert stored is not None and stored.kv is held and stored.value is held.claim
+        assert held.value == encode(stored.value)  # byte for byte as stored
+        assert stored.value.node is sys.intern("n1") and stored.value.state is sys.intern("running")
+        assert stored.value.instance is held._name and stored.value.id == "web"
+    web = v.held(KEYS.claim("web"))
+    assert isinstance(web, ClaimKV) and isinstance(spec, SpecKV)
+    assert web.claim.id is spec.spec.id and web._name is spec.spec.id  # one string
+    assert web.claim.fence is web.create_revision and web.claim.revision is spec.mod_revision
+    assert not v._records
+
+
+def test_invalid_and_non_canonical_claims_keep_their_raw_value() -> None:
+    v = view()
+    bad = KV(KEYS.claim("bad"), b'{"state": "running"}', 1, 1, 7)  # no node
+    loose = KV(KEYS.claim("loose"), b'{"node": "n2"}', 2, 2, 7)
+    v._put(bad)
+    v._put(loose)
+    assert not isinstance(v.held(bad.key), ClaimKV) and v.claim("bad") is None
+    held = v.held(loose.key)
+    assert not isinstance(held, ClaimKV) and held is not None and held.value == loose.value
+    stored = v.claim("loose")
+    assert stored is not None and stored.value.node == "n2"
+    # A valid claim replacing an invalid one drops the invalid one's cached record.
+    v._put(claim_kv("bad", 3))
+    assert isinstance(v.held(bad.key), ClaimKV) and bad.key not in v._records
