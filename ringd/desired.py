@@ -115,6 +115,8 @@ class DesiredState:
         # at a join), and the ids placed since it was made.
         self._hashes: tuple[array[int], list[str]] | None = None
         self._unhashed: dict[str, None] = {}
+        # Each need's eligible nodes as last placed: the rings the placer keeps.
+        self._eligible: dict[tuple[object, ...], frozenset[str]] = {}
 
     @property
     def token(self) -> object:
@@ -142,7 +144,7 @@ class DesiredState:
         moved = None if changed is None else self._moved(token, inputs)
         if moved is None or changed is None:  # the first pass, or more than one node changed
             self._placed, self._by_node, self._special = {}, {}, {}
-            self._hashes, self._unhashed = None, {}
+            self._hashes, self._unhashed, self._eligible = None, {}, {}
             todo: Iterable[str] = list(specs)
         else:
             todo = list(dict.fromkeys([*moved, *changed]))
@@ -177,7 +179,7 @@ class DesiredState:
                 self._special.pop(child_id, None)
             ring = rings.get(need)
             if ring is None:
-                among = self.placer.eligible(spec, inputs.nodes, group)
+                among = self._eligible[need] = self.placer.eligible(spec, inputs.nodes, group)
                 ring = rings[need] = self.placer.ring(among)
             owners = ring.owners(spec.id, spec.replicas)  # as Placer.owners places it
             # Most children keep their nodes when one node joins or leaves: keep
@@ -197,6 +199,7 @@ class DesiredState:
             for instance in placed:
                 self._by_node.setdefault(instance.node, {})[instance.key] = instance
         self._token = token
+        self.placer.retain(set(self._eligible.values()))
         return self.placed
 
     def _moved(self, token: Token, inputs: Inputs) -> list[str] | None:
@@ -217,7 +220,8 @@ class DesiredState:
             ((name, *_),) = gone
             return list(dict.fromkeys(i.spec.id for i in self._by_node.get(name, {}).values()))
         ((name, *_),) = came
-        ring = self.placer.ring(frozenset(inputs.nodes))  # the ring of plain children
+        everyone = self._eligible[_NO_NEEDS] = frozenset(inputs.nodes)
+        ring = self.placer.ring(everyone)  # the ring of plain children
         if self._hashes is None or len(self._unhashed) > len(self._placed) // 8:
             pairs = sorted((hash64(i), i) for i in self._placed)
             self._hashes = array("Q", [h for h, _ in pairs]), [i for _, i in pairs]

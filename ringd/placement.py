@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .ring import Ring
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
 
     from .spec import ChildSpec, GroupRecord
 
@@ -104,6 +104,14 @@ class Placer:
             oldest = next(iter(self._rings))  # least recently used
             self._points -= self._rings.pop(oldest).points
         return ring
+
+    def retain(self, current: Collection[frozenset[str]]) -> None:
+        """Drop every cached ring but those of ``current`` node sets: a caller that
+        knows which rings are current (one per need) frees the ones a join or leave
+        replaced. A later change is made from the current ring, one node away; the
+        replaced ones were ~30 MiB at 300 nodes after the cluster grew."""
+        for nodes in [n for n in self._rings if n not in current]:
+            self._points -= self._rings.pop(nodes).points
 
     @staticmethod
     def eligible(

@@ -13,7 +13,7 @@ from ringd.etcd import KV
 from ringd.keys import Keys
 from ringd.records import Claim
 from ringd.spec import ChildSpec, encode
-from ringd.view import ClaimKV, ClusterView, NamedKV, SpecKV, same_kv
+from ringd.view import ClaimKV, ClusterView, SpecKV, same_kv
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -150,7 +150,9 @@ def test_each_key_is_held_once_whatever_its_kind_and_a_relist_drops_the_gone() -
         await v._relist()
         assert v.held(odd.key) is odd and same_kv(v.held(claim.key), claim)
         held = v.held(claim.key)  # a claim's key text is made when read
-        assert isinstance(held, NamedKV) and held.key == claim.key
+        assert isinstance(held, ClaimKV) and held.key == claim.key
+        spec = v.stored_specs()["a"]  # listed in the same page, before its claim
+        assert isinstance(spec, SpecKV) and held._name is spec.spec.id
         assert sorted(v._keys()) == sorted([KEYS.child("a"), claim.key, odd.key])
         assert not hasattr(v, "kvs")
         v.etcd = ListOnly([spec_kv("a", 1)])
@@ -170,7 +172,8 @@ def test_each_key_is_held_once_whatever_its_kind_and_a_relist_drops_the_gone() -
 
 def claim_kv(name: str, created: int, **fields: Any) -> KV:
     value = encode(Claim(node="n1", **fields))  # decoded, its strings are new ones
-    return KV(KEYS.claim(name), value, created, created, 42)
+    lease = int("7587890000000000042")  # a new int object for each claim, as decoded
+    return KV(KEYS.claim(name), value, created, created, lease)
 
 
 def test_a_valid_claim_is_one_object_sharing_what_it_repeats() -> None:
@@ -188,7 +191,7 @@ def test_a_valid_claim_is_one_object_sharing_what_it_repeats() -> None:
             KEYS.claim(name),
             created,
             created,
-            42,
+            7587890000000000042,
         )
         stored = v.claim(name)
         assert stored is not None and stored.kv is held and stored.value is held.claim
@@ -199,6 +202,8 @@ def test_a_valid_claim_is_one_object_sharing_what_it_repeats() -> None:
     assert isinstance(web, ClaimKV) and isinstance(spec, SpecKV)
     assert web.claim.id is spec.spec.id and web._name is spec.spec.id  # one string
     assert web.claim.fence is web.create_revision and web.claim.revision is spec.mod_revision
+    other = v.held(KEYS.claim("web/1"))
+    assert other is not None and other.lease is web.lease  # one int per lease
     assert not v._records
 
 
