@@ -31,9 +31,11 @@ from pathlib import Path
 
 import trio
 
+from bench.scale_cluster import register, running_claim
 from ringd.desired import DesiredState, Inputs
 from ringd.etcd import KV, Etcd
 from ringd.keys import Keys
+from ringd.listing import Listing
 from ringd.placement import NodeInfo
 from ringd.protocol import Client
 from ringd.ring import Ring
@@ -217,13 +219,48 @@ async def _store_unrunnable(url: str, keys: Keys, count: int) -> None:
         etcd.close()
 
 
-def join(count: int, cluster: str = "scale") -> dict[str, float]:
+async def _store_claimed(url: str, keys: Keys, count: int, nodes: int) -> None:
+    """A cluster of ``nodes`` simulated nodes running ``count`` children: the nodes
+    registered (a lease each, long enough for the run: nothing keeps them alive),
+    the specs stored, and each child claimed, running, on the node the ring gives
+    it, as a daemon claims it (``bench.scale_cluster``)."""
+    etcd = Etcd([url])
+    try:
+        names = [f"sim{j:04d}" for j in range(nodes)]
+        leases = {name: await register(etcd, name, ttl=3600, keys=keys) for name in names}
+        specs = specs_of(count)
+        revisions: dict[str, int] = {}
+        items = [(keys.child(i), encode(s)) for i, s in specs.items()]
+        for at in range(0, count, etcd.txn_ops):
+            created = await etcd.create_many(items[at : at + etcd.txn_ops])
+            revisions.update((kv.key, kv.mod_revision) for kv in created.values())
+        state = DesiredState()
+        placed = state.update(specs, None, Inputs({n: NodeInfo(n, {}) for n in names}, {}))
+        by_node: dict[str, list[tuple[str, bytes]]] = {}
+        for child_id, instances in placed.items():
+            for instance in instances:
+                value = running_claim(instance.node, instance, revisions[keys.child(child_id)])
+                by_node.setdefault(instance.node, []).append((keys.claim(instance.key), value))
+        for node, claims in by_node.items():
+            for at in range(0, len(claims), etcd.txn_ops):
+                await etcd.create_many(claims[at : at + etcd.txn_ops], lease=leases[node])
+        assert await etcd.count(keys.prefix + "claims/") == count
+    finally:
+        etcd.close()
+
+
+def join(count: int, nodes: int = 0, cluster: str = "scale") -> dict[str, float]:
     """A daemon joining a cluster of ``count`` specs (a private etcd, loopback):
-    seconds to store them, seconds from spawn to ready, and its RSS then."""
+    seconds to store them, seconds from spawn to ready, and its RSS then. With
+    ``nodes``, the cluster has that many simulated nodes, each running its share of
+    the children (claims, no processes); without, no node may run any child."""
     keys = Keys(f"/ringd/{cluster}/")
     with private_etcd() as server, tempfile.TemporaryDirectory(prefix="ringd-join-") as tmp:
         started = time.perf_counter()
-        trio.run(_store_unrunnable, server.url, keys, count)
+        if nodes:
+            trio.run(_store_claimed, server.url, keys, count, nodes)
+        else:
+            trio.run(_store_unrunnable, server.url, keys, count)
         stored = time.perf_counter() - started
         daemon = Daemon(
             "joiner",
@@ -238,11 +275,16 @@ def join(count: int, cluster: str = "scale") -> dict[str, float]:
             started = time.perf_counter()
             daemon.start(timeout=300)  # ready: ``status`` answers with a lease
             ready = time.perf_counter() - started
-            rss = _rss(daemon.pid)
+            out = {"store": stored, "ready": ready, "rss": _rss(daemon.pid)}
             helpers = daemon.helpers()
+            time.sleep(5)  # a settled figure: its first passes are done
+            out["settled"] = _rss(daemon.pid)
             listed = Client(daemon.socket, timeout=600).call("which_children")
             assert len(listed) == count, len(listed)
-            return {"store": stored, "ready": ready, "rss": rss}
+            out["listed"] = _rss(daemon.pid)
+            time.sleep(Listing.IDLE_AFTER + 5)  # the rows are dropped when nobody lists
+            out["idle"] = _rss(daemon.pid)
+            return out
         finally:
             daemon.shutdown(helpers.values())  # its guard (and etcd), if left
 
@@ -260,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=100_000,
         help="a daemon joining N specs: start -> ready; 0: skip",
+    )
+    parser.add_argument(
+        "--join-nodes",
+        type=int,
+        default=0,
+        help="the cluster it joins has M simulated nodes running the N children (claims)",
     )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.specs.split(",")]
@@ -301,11 +349,19 @@ def main(argv: list[str] | None = None) -> int:
             f" stored, {w['rss'] / 2**20:.0f} MiB after listing"
         )
     if args.join:
-        j = join(args.join)
+        j = join(args.join, args.join_nodes)
+        where = (
+            f"{args.join_nodes} simulated nodes running them (claims)"
+            if args.join_nodes
+            else "no node may run them"
+        )
         print(
-            f"\njoin at {args.join} specs (one daemon, its private etcd holding them, loopback):"
+            f"\njoin at {args.join} specs (one daemon, its private etcd, loopback; {where}):"
             f" stored in {j['store']:.1f} s; start -> ready {j['ready']:.2f} s;"
-            f" daemon RSS {j['rss'] / 2**20:.0f} MiB when ready"
+            f" daemon RSS {j['rss'] / 2**20:.0f} MiB when ready,"
+            f" {j['settled'] / 2**20:.0f} MiB 5 s later, {j['listed'] / 2**20:.0f} MiB after"
+            f" listing every child, {j['idle'] / 2**20:.0f} MiB {Listing.IDLE_AFTER + 5:.0f} s"
+            " later (nobody listing)"
         )
     return 0
 

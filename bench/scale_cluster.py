@@ -118,13 +118,32 @@ def _die_with_parent() -> None:
 # -- the simulated nodes ---------------------------------------------------------------
 
 
-async def _register(etcd: Etcd, node: str, ttl: int = SIM_TTL) -> int:
+async def register(etcd: Etcd, node: str, ttl: int = SIM_TTL, keys: Keys = KEYS) -> int:
+    """A simulated node in the ring: its lease, and its alive and status records."""
     lease, _ = await etcd.grant(ttl)
     alive = Alive(node=node, host="simulated", lease=lease, started=rfc3339())
-    await etcd.put(KEYS.alive(node), encode(alive), lease=lease)
+    await etcd.put(keys.alive(node), encode(alive), lease=lease)
     status = Status(node=node, status="online", last_change=rfc3339(), reason="simulated")
-    await etcd.put(KEYS.status(node), encode(status))
+    await etcd.put(keys.status(node), encode(status))
     return lease
+
+
+def running_claim(node: str, instance: Instance, spec_revision: int | None) -> bytes:
+    """The claim of an instance running on ``node``, as a daemon writes it."""
+    spec = instance.spec
+    claim = Claim(
+        node=node,
+        state="running",
+        id=spec.id,
+        instance=instance.key,
+        role=instance.role,
+        group=spec.group,
+        started=time.time(),
+        revision=spec_revision,
+        digest=spec_digest(spec),
+        ready=True,
+    )
+    return encode(claim)
 
 
 class Simulator:
@@ -190,21 +209,8 @@ class Simulator:
         return None if names is None else again
 
     def _value(self, node: str, instance: Instance) -> bytes:
-        spec = instance.spec
-        stored = self.view.spec(spec.id)
-        claim = Claim(
-            node=node,
-            state="running",
-            id=spec.id,
-            instance=instance.key,
-            role=instance.role,
-            group=spec.group,
-            started=time.time(),
-            revision=stored.kv.mod_revision if stored is not None else None,
-            digest=spec_digest(spec),
-            ready=True,
-        )
-        return encode(claim)
+        stored = self.view.spec(instance.spec.id)
+        return running_claim(node, instance, stored.kv.mod_revision if stored else None)
 
     async def step(self) -> None:
         """One pass: place, then release and claim for the simulated nodes."""
@@ -329,7 +335,7 @@ async def simulate(url: str, names: list[str]) -> None:
     its alive record names) until killed."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     etcd = Etcd([url])
-    own = [await _register(etcd, n) for n in names]
+    own = [await register(etcd, n) for n in names]
     view = ClusterView(etcd, KEYS)
     simulator = Simulator(etcd, view)
 
@@ -577,7 +583,7 @@ class Cluster:
         path = f"{profile}-{nodes}-{children}.txt"
         spy = _profile(first.pid, path, window) if profile else None
         cpu, sent = _cpu(pids), _sent_bytes(self.url)
-        await _register(self.etcd, "simjoiner", ttl=SIM_TTL)  # the simulator keeps it alive
+        await register(self.etcd, "simjoiner", ttl=SIM_TTL)  # the simulator keeps it alive
         await trio.sleep(window)
         spent = [a - b for a, b in zip(_cpu(pids), cpu, strict=True)]
         joined = _sent_bytes(self.url) - sent - idle_sent * window

@@ -36,6 +36,7 @@ from .web import Web
 
 if TYPE_CHECKING:
     from .config import Config
+    from .listing import Listing
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Parts:
     publisher: Publisher
     metrics: MetricsServer | None
     hooks: Hooks | None
+    listing: Listing  # the rows of find and which-children (cached)
     web: Web | None = None  # the status page (web_address)
     peer: PeerServer | None = None  # the peer listener (peer_address)
 
@@ -192,7 +194,7 @@ def build(config: Config, endpoints: list[str]) -> Parts:
         )
     return Parts(
         etcd, guard, view, membership, supervisor, reconciler, control, publisher, served, hooks,
-        web=web, peer=peer,
+        listing=context.listing, web=web, peer=peer,
     )  # fmt: skip
 
 
@@ -286,6 +288,7 @@ async def _serve(config: Config, parts: Parts, endpoints: list[str], notifier: N
                             )
                         await nursery.start(parts.reconciler.run)
                         await nursery.start(parts.control.run)
+                        nursery.start_soon(parts.listing.run)
                         if parts.peer is not None:
                             await nursery.start(parts.peer.run)
                         if parts.web is not None:

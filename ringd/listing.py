@@ -15,7 +15,7 @@ Rows are frozen and shared: a caller changes a copy (``msgspec.structs.replace``
 
 from __future__ import annotations
 
-import time
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +61,12 @@ class Listing:
         node: this node's name (its children's figures are measured here).
         fresh: seconds a which-children reply is reused while the view is unchanged.
         step: children (or rows) handled between two checkpoints of the event loop.
+        idle_after: seconds without a listing of every child after which the rows
+            are dropped (``run``): at 100,000 children they are ~1 KiB a child, held
+            while someone lists (a status page, a script) and given back after.
     """
+
+    IDLE_AFTER = 60.0  # seconds: see idle_after
 
     def __init__(
         self,
@@ -73,6 +78,7 @@ class Listing:
         published: PublishedFigures,
         fresh: float = 1.0,
         step: int = 100,
+        idle_after: float = IDLE_AFTER,
     ) -> None:
         self.node = node
         self.view = view
@@ -88,6 +94,20 @@ class Listing:
         self._encoding = trio.Lock()
         self._pending: tuple[object, Any, Any] | None = None  # (inputs, groups, nodes)
         self._replies: dict[Hashable, tuple[int, float, Encoded]] = {}
+        self.idle_after = idle_after
+        self._listed = -math.inf  # trio.current_time() of the last listing of every child
+
+    async def run(self) -> None:
+        """Drop what nobody reads: replies older than ``fresh`` (a listing of
+        100,000 children is ~30 MB encoded), and every cached row once no listing
+        of every child came for ``idle_after`` seconds."""
+        while True:
+            await trio.sleep(max(self.fresh, 1.0))
+            now = trio.current_time()
+            for key in [k for k, (_, at, _) in self._replies.items() if now - at >= self.fresh]:
+                del self._replies[key]
+            if self._entries and now - self._listed >= self.idle_after:
+                self._entries, self._all, self._pending = {}, None, None
 
     # -- rows -------------------------------------------------------------------------
 
@@ -99,6 +119,7 @@ class Listing:
 
     async def everything(self) -> list[ChildRow]:
         """Every child's rows, by child id."""
+        self._listed = trio.current_time()
         if self._all is not None and self._all[0] == self.view.version:
             return self._all[1]
         async with self._building:
@@ -234,11 +255,11 @@ class Listing:
         if (
             cached is not None
             and cached[0] == self.view.version
-            and time.monotonic() - cached[1] < self.fresh
+            and trio.current_time() - cached[1] < self.fresh
         ):
             return cached[2]
         async with self._encoding:
-            version, now = self.view.version, time.monotonic()
+            version, now = self.view.version, trio.current_time()
             cached = self._replies.get(key)
             if cached is not None and cached[0] == version and now - cached[1] < self.fresh:
                 return cached[2]  # encoded while we waited

@@ -556,6 +556,35 @@ async def test_which_children_filters_and_local_rows_come_from_the_supervisor(op
     assert "last_exit" not in row
 
 
+async def test_listed_rows_are_kept_while_someone_lists_and_dropped_after(
+    ops: Ops, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Rows of every child and the encoded replies cost ~1 KiB a child: a listing
+    every few seconds keeps them; a minute without one drops them; a reply goes once
+    it is older than ``fresh``. Rows built again after are the same rows."""
+    listing = ops.ctx.listing
+    await ops.node(NODE)
+    for child_id in ("a", "b"):
+        await ops.call("start_child", spec=sleeper(child_id))
+    await ops.claim("a", NODE)
+    await ops.settle()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listing.run)
+        first = await ops.call("which_children")
+        assert isinstance(first, Encoded) and listing._replies and listing._entries
+        await trio.sleep(listing.fresh + 1.5)
+        assert not listing._replies, "a reply older than fresh is dropped"
+        for _ in range(4):  # a status page: every 20 s for 80 s
+            await trio.sleep(20)
+            await ops.call("which_children")
+            assert listing._entries and listing._all is not None
+        await trio.sleep(listing.idle_after + 2)
+        assert listing._entries == {} and listing._all is None and not listing._replies
+        again = await ops.call("which_children")
+        assert isinstance(again, Encoded) and again.json == first.json
+        nursery.cancel_scope.cancel()
+
+
 # -- delete_child --------------------------------------------------------------------
 
 
