@@ -36,7 +36,7 @@ from ringd.desired import DesiredState, Inputs
 from ringd.etcd import KV, Etcd
 from ringd.keys import Keys
 from ringd.listing import Listing
-from ringd.placement import NodeInfo
+from ringd.placement import Instance, NodeInfo
 from ringd.protocol import Client
 from ringd.ring import Ring
 from ringd.spec import ChildSpec, encode
@@ -97,9 +97,10 @@ def placement_memory(specs: dict[str, ChildSpec], nodes: int) -> float:
     return float(held)
 
 
-def view_memory(specs: dict[str, ChildSpec]) -> tuple[float, float]:
-    """Bytes per spec the view holds (its mirror and decoded records), and the
-    spec's own stored size, for specs this node does not run."""
+def view_memory(specs: dict[str, ChildSpec]) -> tuple[float, float, float]:
+    """Bytes per spec the view holds (its mirror and decoded records) for specs this
+    node does not run, the spec's own stored size, and bytes per claim held (each
+    child running on one of 300 nodes, under that node's lease)."""
     view = ClusterView(None, KEYS)  # type: ignore[arg-type]  # filled by hand: no etcd
     gc.collect()
     tracemalloc.start()
@@ -111,8 +112,18 @@ def view_memory(specs: dict[str, ChildSpec]) -> tuple[float, float]:
         view._put(KV(KEYS.child(child_id), value, revision, revision, 0))
     view.specs()  # decoded, as the reconciler and listing read them
     held = tracemalloc.get_traced_memory()[0] - before
+    revision = len(specs)
+    for number, (child_id, spec) in enumerate(specs.items()):
+        node = f"n{number % 300:04d}"
+        instance = Instance(spec, 0, node)
+        value = running_claim(node, instance, number + 1)
+        revision += 1
+        lease = int(f"75878900000{number % 300:08d}")  # an int object per claim, as decoded
+        view._put(KV(KEYS.claim(child_id), value, revision, revision, lease))
+    view.claims()
+    claims = tracemalloc.get_traced_memory()[0] - before - held
     tracemalloc.stop()
-    return held / len(specs), stored / len(specs)
+    return held / len(specs), stored / len(specs), claims / len(specs)
 
 
 async def paged_read(url: str, count: int) -> tuple[float, int]:
@@ -330,10 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nplacement memory, {sizes[-1]} specs x {node_counts[-1]} nodes: {held / 2**20:.1f} MiB"
     )
-    print("\nview memory per spec not run here (bytes)")
+    print("\nview memory per spec not run here, and per claim (bytes)")
     for size in sizes:
-        held, stored = view_memory(specs_of(size))
-        print(f"{size:>8} specs: {held:>6.0f} held, {stored:>4.0f} as stored in etcd")
+        held, stored, claim = view_memory(specs_of(size))
+        print(
+            f"{size:>8} specs: {held:>6.0f} held, {stored:>4.0f} as stored in etcd;"
+            f" a claim of each: {claim:>4.0f} held"
+        )
     if args.etcd_specs:
         with private_etcd() as server:
             took, pages = trio.run(paged_read, server.url, args.etcd_specs)

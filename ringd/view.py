@@ -181,17 +181,22 @@ def _shared_labels(on: dict[str, str]) -> dict[str, str]:
     return shared
 
 
+def _canonical(kind: str, name: str, kv: KV) -> Any:
+    """The record in ``kv``, or None if it is invalid (logged by ``record()``, once
+    per revision) or not stored in canonical form (it could not be encoded back
+    byte for byte: its raw value is kept)."""
+    try:
+        record = records.decode(kind, "", name, kv.value)
+    except records.InvalidRecord:
+        return None
+    return record if encode(record) == kv.value else None
+
+
 def _as_spec(kv: KV, name: str) -> SpecKV | None:
     """A child spec's KV as the view keeps it, or None to keep the KV itself (an
-    invalid spec: its raw value is what lists it; or one not stored in canonical
-    form, whose value could not be encoded back)."""
-    try:
-        spec: ChildSpec = records.decode("children", "", name, kv.value)
-    except records.InvalidRecord:
-        return None  # logged by record(), once per revision
-    if encode(spec) != kv.value:
-        return None
-    return SpecKV(kv, _compact(spec))
+    invalid spec: its raw value is what lists it; or one not in canonical form)."""
+    spec: ChildSpec | None = _canonical("children", name, kv)
+    return None if spec is None else SpecKV(kv, _compact(spec))
 
 
 def _compact_claim(claim: Claim, name: str, fence: int, revision: int | None) -> Claim:
@@ -218,11 +223,8 @@ def _compact_claim(claim: Claim, name: str, fence: int, revision: int | None) ->
 def _as_claim(kv: KV, name: str, spec: KV | None) -> ClaimKV | None:
     """A claim's KV as the view keeps it, or None to keep the raw KV (invalid, or not
     in canonical form)."""
-    try:
-        claim: Claim = records.decode("claims", "", name, kv.value)
-    except records.InvalidRecord:
-        return None  # logged by record(), once per revision
-    if encode(claim) != kv.value:
+    claim: Claim | None = _canonical("claims", name, kv)
+    if claim is None:
         return None
     held = ClaimKV(kv, name, claim)  # its ints are the ones the claim's fields share
     spec_revision = spec.mod_revision if spec is not None else None
