@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from .etcd import TLS, Etcd
 from .figures import Figures, Publisher
 from .guard import Guard
 from .handoff import Handoff
+from .heap import fix_mmap_threshold
 from .hooks import Hooks
 from .keys import Keys
 from .membership import Membership
@@ -54,24 +54,6 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError) as exc:
             logger.warning("cannot raise the open-files limit from %d: %s", soft, exc)
     return soft
-
-
-# glibc's mallopt parameter: allocations this big or bigger are mmap'd.
-_M_MMAP_THRESHOLD = -3
-
-
-def fix_mmap_threshold(size: int = 128 * 1024) -> bool:
-    """Keep large allocations (a ring's 8 MiB arrays, a page of a list, a reply)
-    mmap'd, so that each goes back to the system when freed. By default glibc
-    raises the threshold to the largest block freed, up to 32 MiB: from then on
-    large blocks come from the heap, which fragments and never shrinks (a daemon
-    at 1,000 nodes held 94 MiB after five joins instead of 58). Returns whether it
-    was set (False off glibc)."""
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, size))
-    except (OSError, AttributeError):
-        return False
 
 
 @dataclass(eq=False)

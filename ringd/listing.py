@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
-from . import desired, records
+from . import desired, heap, records
 from .placement import instance_key
 from .protocol import ChildRow, Encoded, dump_result
 from .spec import MAX_REPLICAS, spec_digest
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .view import ClusterView, Stored
 
 INVALID = "the spec in etcd is not valid (see the daemon log)"
+BIG_REPLY = 4 * 2**20  # bytes: dropping a reply this big gives the heap's free pages back
 
 
 @dataclass(slots=True)
@@ -104,10 +105,16 @@ class Listing:
         while True:
             await trio.sleep(max(self.fresh, 1.0))
             now = trio.current_time()
-            for key in [k for k, (_, at, _) in self._replies.items() if now - at >= self.fresh]:
-                del self._replies[key]
-            if self._entries and now - self._listed >= self.idle_after:
+            freed = 0  # bytes of replies dropped
+            for key, (_, at, reply) in list(self._replies.items()):
+                if now - at >= self.fresh:
+                    del self._replies[key]
+                    freed += len(reply.json)
+            idle = bool(self._entries) and now - self._listed >= self.idle_after
+            if idle:
                 self._entries, self._all, self._pending = {}, None, None
+            if idle or freed >= BIG_REPLY:
+                heap.give_back()  # the heap keeps the pages a big listing freed
 
     # -- rows -------------------------------------------------------------------------
 
