@@ -10,7 +10,6 @@ etcd's even when nothing under the prefix changes.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import random
 import sys
@@ -526,18 +525,6 @@ class ClusterView:
     # -- keeping current --------------------------------------------------------------
 
     async def _relist(self) -> None:
-        # A re-list makes 100,000s of objects that all live on: the cycle collector
-        # would traverse them again and again as they come (a quarter of a re-list
-        # of 200,000 keys). They hold no cycles; it runs once the list is applied.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            await self._list_and_apply()
-        finally:
-            if collecting:
-                gc.enable()
-
-    async def _list_and_apply(self) -> None:
         # Read a page at a time, each spec and claim kept as it will be held (or as
         # the same object, if unchanged): the raw values of 100,000 specs and claims
         # (~60 MB) are never all held at once, and the heap does not keep that peak

@@ -4,11 +4,9 @@ before: values, identities, re-list without spurious changes. Pure, no etcd."""
 
 from __future__ import annotations
 
-import gc
 import sys
 from typing import TYPE_CHECKING, Any
 
-import pytest
 import trio
 
 from ringd.etcd import KV
@@ -224,27 +222,3 @@ def test_invalid_and_non_canonical_claims_keep_their_raw_value() -> None:
     v._put(claim_kv("bad", 3))
     assert isinstance(v.held(bad.key), ClaimKV) and bad.key not in v._records
 
-
-class BrokenList:
-    async def pages(self, prefix: str) -> AsyncIterator[tuple[int, list[KV]]]:
-        yield 10, [spec_kv("a", 1)]
-        raise RuntimeError("the list broke")
-
-
-def test_a_relist_pauses_the_cycle_collector_and_always_restarts_it() -> None:
-    seen: list[bool] = []
-
-    class Watched(ListOnly):
-        async def pages(self, prefix: str) -> AsyncIterator[tuple[int, list[KV]]]:
-            seen.append(gc.isenabled())  # while the list is read
-            async for page in super().pages(prefix):
-                yield page
-
-    assert gc.isenabled()
-    v = view(Watched([spec_kv("a", 1)]))
-    trio.run(v._relist)
-    assert seen == [False] and gc.isenabled() and v.spec("a") is not None
-    broken = view(BrokenList())
-    with pytest.raises(RuntimeError, match="the list broke"):
-        trio.run(broken._relist)
-    assert gc.isenabled()
