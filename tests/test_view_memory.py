@@ -221,4 +221,3 @@ def test_invalid_and_non_canonical_claims_keep_their_raw_value() -> None:
     # A valid claim replacing an invalid one drops the invalid one's cached record.
     v._put(claim_kv("bad", 3))
     assert isinstance(v.held(bad.key), ClaimKV) and bad.key not in v._records
-
