@@ -40,7 +40,10 @@ if TYPE_CHECKING:
     from .view import ClusterView, Stored
 
 INVALID = "the spec in etcd is not valid (see the daemon log)"
-BIG_REPLY = 4 * 2**20  # bytes: dropping a reply this big gives the heap's free pages back
+# Dropping a reply this big (bytes), or the rows of this many children, gives the
+# heap's free pages back (a few milliseconds: not for the odd ``find``'s rows).
+BIG_REPLY = 4 * 2**20
+BIG_LISTING = 10_000
 
 
 @dataclass(slots=True)
@@ -110,10 +113,11 @@ class Listing:
                 if now - at >= self.fresh:
                     del self._replies[key]
                     freed += len(reply.json)
-            idle = bool(self._entries) and now - self._listed >= self.idle_after
-            if idle:
+            dropped = 0  # children whose rows were dropped
+            if self._entries and now - self._listed >= self.idle_after:
+                dropped = len(self._entries)
                 self._entries, self._all, self._pending = {}, None, None
-            if idle or freed >= BIG_REPLY:
+            if freed >= BIG_REPLY or dropped >= BIG_LISTING:
                 heap.give_back()  # the heap keeps the pages a big listing freed
 
     # -- rows -------------------------------------------------------------------------

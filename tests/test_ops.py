@@ -15,7 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from ringd import records
+from ringd import heap, records
+from ringd import listing as listing_module
 from ringd.config import Config
 from ringd.errors import (
     AlreadyExists,
@@ -557,12 +558,15 @@ async def test_which_children_filters_and_local_rows_come_from_the_supervisor(op
 
 
 async def test_listed_rows_are_kept_while_someone_lists_and_dropped_after(
-    ops: Ops, autojump_clock: trio.testing.MockClock
+    ops: Ops, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows of every child and the encoded replies cost ~1 KiB a child: a listing
     every few seconds keeps them; a minute without one drops them; a reply goes once
-    it is older than ``fresh``. Rows built again after are the same rows."""
+    it is older than ``fresh``. Rows built again after are the same rows. The heap's
+    free pages are given back after a big listing only."""
     listing = ops.ctx.listing
+    given: list[float] = []
+    monkeypatch.setattr(heap, "give_back", lambda: given.append(trio.current_time()))
     await ops.node(NODE)
     for child_id in ("a", "b"):
         await ops.call("start_child", spec=sleeper(child_id))
@@ -580,8 +584,12 @@ async def test_listed_rows_are_kept_while_someone_lists_and_dropped_after(
             assert listing._entries and listing._all is not None
         await trio.sleep(listing.idle_after + 2)
         assert listing._entries == {} and listing._all is None and not listing._replies
+        assert given == [], "two children: nothing worth giving back"
         again = await ops.call("which_children")
         assert isinstance(again, Encoded) and again.json == first.json
+        monkeypatch.setattr(listing_module, "BIG_LISTING", 2)  # two children is big now
+        await trio.sleep(listing.idle_after + 2)
+        assert listing._entries == {} and len(given) == 1
         nursery.cancel_scope.cancel()
 
 
