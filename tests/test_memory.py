@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from ringd import heap
+
 SCRIPT = """
 import gc, sys
 from ringd.heap import fix_mmap_threshold
@@ -70,3 +72,23 @@ def test_give_back_returns_the_free_pages_a_big_reply_left_in_the_heap() -> None
         pytest.skip("not glibc: malloc_trim is not there")
     # Measured: 30 MB of freed parts pinned by the small objects kept between them.
     assert after < before - 20, (before, after)
+
+
+def test_off_glibc_both_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a libc that has them (musl has no mallopt), nothing is set and
+    nothing is given back, and neither raises."""
+
+    def no_libc(name: object) -> object:
+        raise OSError("no such library")
+
+    monkeypatch.setattr(heap.ctypes, "CDLL", no_libc)
+    assert heap.fix_mmap_threshold() is False
+    assert heap.give_back() is False
+
+    class NoMalloc:  # a libc without glibc's functions
+        def __init__(self, name: object) -> None:
+            pass
+
+    monkeypatch.setattr(heap.ctypes, "CDLL", NoMalloc)
+    assert heap.fix_mmap_threshold() is False
+    assert heap.give_back() is False
