@@ -443,10 +443,7 @@ class ClusterView:
 
     def held(self, key: str) -> KV | None:
         """The key as the view holds it, by its full key."""
-        return self._held_at(self.keys.parse(key), key)
-
-    def _held_at(self, parsed: tuple[str, str, str] | None, key: str) -> KV | None:
-        """``held(key)`` where ``parsed`` is ``keys.parse(key)``."""
+        parsed = self.keys.parse(key)
         if parsed is None:
             return self._other.get(key)
         return self._index.get((parsed[0], parsed[2]), _EMPTY).get(parsed[1])
@@ -458,13 +455,9 @@ class ClusterView:
             out += [kv.key for kv in bucket.values()]
         return out
 
-    def _put(self, kv: KV, parsed: tuple[str, str, str] | bool | None = False) -> KV | None:
-        """Hold ``kv``; ``parsed``: ``keys.parse(kv.key)`` if the caller has it."""
-        if parsed is False:
-            parsed = self.keys.parse(kv.key)
-        assert not isinstance(parsed, bool)
-        previous = self._held_at(parsed, kv.key)
-        if parsed:
+    def _put(self, kv: KV) -> KV | None:
+        previous = self.held(kv.key)
+        if parsed := self.keys.parse(kv.key):
             kv, name = _held_form(kv, parsed, lambda i: self.get("children", i))
             if self._records and isinstance(kv, (SpecKV, ClaimKV)):
                 self._records.pop(kv.key, None)  # what an invalid value left
@@ -529,34 +522,29 @@ class ClusterView:
         # the same object, if unchanged): the raw values of 100,000 specs and claims
         # (~60 MB) are never all held at once, and the heap does not keep that peak
         # for ever.
-        # Each key is parsed once (200,000 keys: parsing was a third of a re-list).
-        revision = 0
-        fresh: dict[str, tuple[tuple[str, str, str] | None, KV]] = {}
-        specs: dict[str, KV] = {}  # listed before their claims ("children" < "claims")
+        revision, fresh = 0, {}
         async for read_at, page in self.etcd.pages(self.keys.prefix):
             revision = read_at
             for kv in page:
-                parsed = self.keys.parse(kv.key)
-                held = self._held_at(parsed, kv.key)
+                held = self.held(kv.key)
                 if held is not None and (held.mod_revision, held.create_revision, held.lease) == (
                     kv.mod_revision,
                     kv.create_revision,
                     kv.lease,
                 ):
-                    kv = held  # the same version: the same value
-                elif parsed:
-                    kv, _ = _held_form(kv, parsed, specs.get)
-                if parsed and parsed[0] == "children":
-                    specs[parsed[1]] = kv
-                fresh[kv.key] = (parsed, kv)
+                    fresh[kv.key] = held  # the same version: the same value
+                    continue
+                if parsed := self.keys.parse(kv.key):  # a child's spec comes before its claims
+                    kv, _ = _held_form(kv, parsed, lambda i: fresh.get(self.keys.child(i)))
+                fresh[kv.key] = kv
         # What a watch would have told us, had it not broken.
         for key in [k for k in self._keys() if k not in fresh]:
             previous = self._delete(key)
             assert previous is not None
             self._publish(Change("delete", previous, previous))
-        for key, (parsed, kv) in fresh.items():
-            if not same_kv(self._held_at(parsed, key), kv):
-                self._publish(Change("put", kv, self._put(kv, parsed)))
+        for key, kv in fresh.items():
+            if not same_kv(self.held(key), kv):
+                self._publish(Change("put", kv, self._put(kv)))
         # Keep every kind in create-revision order (what a watch alone keeps), and
         # make readers of changes() start over from the fresh state.
         for bucket, named in self._index.items():
