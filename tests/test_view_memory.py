@@ -221,3 +221,29 @@ def test_invalid_and_non_canonical_claims_keep_their_raw_value() -> None:
     # A valid claim replacing an invalid one drops the invalid one's cached record.
     v._put(claim_kv("bad", 3))
     assert isinstance(v.held(bad.key), ClaimKV) and bad.key not in v._records
+
+
+def test_a_first_list_holds_each_key_as_its_page_comes_and_says_so_once() -> None:
+    """An empty view (a daemon starting) holds each key as its page arrives, with
+    no map of every key until the end; subscribers hear one put per key, and the
+    kinds end in create-revision order as after any list."""
+    claim = KV(KEYS.claim("b"), b'{"node":"n1"}', 1, 1, 9)  # created before its spec
+    kvs = [spec_kv("b", 3), spec_kv("a", 2), claim, KV(KEYS.child("bad"), b"{", 4, 4, 0)]
+    v = view(ListOnly(sorted(kvs, key=lambda kv: kv.key)))
+
+    async def main() -> list[tuple[str, str, bool]]:
+        with v.subscribe() as changes:
+            await v._relist()
+            got = []
+            while True:
+                try:
+                    change = changes.receive_nowait()
+                except trio.WouldBlock:
+                    return got
+                got.append((change.kind, change.kv.key, change.previous is None))
+
+    heard = trio.run(main)
+    assert sorted(heard) == sorted(("put", kv.key, True) for kv in kvs)
+    assert list(v.stored_specs()) == ["a", "b", "bad"]  # create-revision order
+    held = v.held(claim.key)
+    assert isinstance(held, ClaimKV) and held._name is v.stored_specs()["b"].spec.id  # type: ignore[attr-defined]
